@@ -1,0 +1,52 @@
+"""Checks on the composed config that must fail before any model or data is built.
+
+`train` reads the config tree; this module only refuses values that would otherwise fail late
+(after minutes of data building or model loading) or fail silently. Each message names the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem, reported in one line without a traceback."""
+
+
+_ABSENT = object()
+
+# (key, test, what the value must be). A key absent from the config is not checked.
+_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("optimizer.lr", lambda v: v > 0, "> 0"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.micro_batch_size", lambda v: v is None or v >= 1, ">= 1 or null"),
+    ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.max_prompt_length", lambda v: v >= 1, ">= 1"),
+    ("trainer.max_steps", lambda v: v == -1 or v >= 1, ">= 1 (or -1 to train by epochs)"),
+    ("grad_clip", lambda v: v is None or v >= 0, ">= 0 or null"),
+    ("eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raises `ConfigError` naming the first key whose value cannot work."""
+    for key, ok, expected in _RULES:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not _holds(ok, value):
+            raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    data = cfg.get("data") or {}
+    if "max_length" in data and "max_prompt_length" in data and data.max_length <= data.max_prompt_length:
+        raise ConfigError(
+            f"data.max_length={data.max_length} must exceed data.max_prompt_length="
+            f"{data.max_prompt_length} (the prompt budget), or no response token fits"
+        )
+
+
+def _holds(ok: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(ok(value))
+    except TypeError:  # a string where a number belongs
+        return False

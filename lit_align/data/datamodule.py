@@ -1,0 +1,124 @@
+"""A LightningDataModule over prompt → response rows, evaluated by generation."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import lightning as L
+from datasets import Dataset, DatasetDict
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lit_align.data.collate import StepCollator, collate_prompts, collate_sft, encode_prompt, encode_prompt_response
+from lit_align.rewards.math import exact_match
+
+
+class PromptResponseDataModule(L.LightningDataModule):
+    """Training rows are ``prompt``/``response`` pairs; held-out rows are ``prompt``/``answer``.
+
+    Subclasses supply the raw splits in ``build_splits`` and may override ``verify``, the
+    check of a generated completion against a row's gold answer.
+
+    Args:
+        tokenizer: the policy's tokenizer.
+        batch_size: rows per optimizer step, over all devices together.
+        micro_batch_size: rows per forward pass on one device; ``None`` means the whole
+            per-device batch. Smaller values trade speed for memory, never the result.
+        eval_batch_size: prompts per generation batch at validation and test.
+        max_length: longest training sequence, prompt plus response, in tokens.
+        max_prompt_length: the prompt budget; longer prompts keep their last tokens.
+        num_workers: dataloader worker processes.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 32,
+        micro_batch_size: int | None = None,
+        eval_batch_size: int = 100,
+        max_length: int = 256,
+        max_prompt_length: int = 192,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {batch_size=}, {eval_batch_size=}")
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        if max_length <= max_prompt_length:
+            raise ValueError(f"max_length={max_length} leaves no room after max_prompt_length={max_prompt_length}")
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.micro_batch_size = micro_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.num_workers = num_workers
+        self.splits: dict[str, Dataset] | None = None
+        self.stats: dict[str, int] = {}
+
+    def build_splits(self) -> DatasetDict:
+        """``train`` with ``prompt``, ``response``; ``validation`` and ``test`` with ``prompt``,
+        ``answer``."""
+        raise NotImplementedError
+
+    def verify(self, completion: str, answer: str) -> float | None:
+        """1.0 if ``completion`` reaches ``answer``, 0.0 if not, ``None`` if it cannot be judged."""
+        return exact_match(completion, answer)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        raw = self.build_splits()
+        train = raw["train"].map(self._encode_train, remove_columns=raw["train"].column_names)
+        self.stats = {
+            "data/train_rows": len(train),
+            "data/prompt_truncated": sum(train["prompt_truncated"]),
+            "data/response_truncated": sum(train["response_truncated"]),
+        }
+        held_out = {name: raw[name].map(self._encode_prompt) for name in ("validation", "test")}
+        self.splits = {"train": train, **held_out}
+
+    def _encode_train(self, row: dict[str, Any]) -> dict[str, Any]:
+        return encode_prompt_response(
+            self.tokenizer, row["prompt"], row["response"], self.max_prompt_length, self.max_length
+        )
+
+    def _encode_prompt(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt_ids": encode_prompt(self.tokenizer, row["prompt"], self.max_prompt_length)[0]}
+
+    def per_device_batch_size(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ValueError(f"data.batch_size={self.batch_size} is not divisible by the {world} devices")
+        return self.batch_size // world
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.splits is not None, "call setup() first"
+        batch = self.per_device_batch_size()
+        pad_id = self.tokenizer.pad_token_id
+        collate = StepCollator(partial(collate_sft, pad_id=pad_id), self.micro_batch_size or batch)
+        return DataLoader(
+            self.splits["train"],
+            batch_size=batch,
+            shuffle=True,
+            drop_last=len(self.splits["train"]) >= batch,  # every step sees a full batch
+            collate_fn=collate,
+            num_workers=self.num_workers,
+        )
+
+    def _prompt_loader(self, split: str) -> DataLoader:
+        assert self.splits is not None, "call setup() first"
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.eval_batch_size,
+            collate_fn=partial(collate_prompts, pad_id=self.tokenizer.pad_token_id),
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._prompt_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._prompt_loader("test")

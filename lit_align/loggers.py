@@ -1,0 +1,59 @@
+"""Experiment trackers that never prompt or hang."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from collections.abc import Sequence
+
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+
+def has_wandb_credentials() -> bool:
+    """True if ``WANDB_API_KEY`` is set or ``~/.netrc`` holds a key for the W&B API."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_logger(
+    project: str,
+    save_dir: str,
+    mode: str = "auto",
+    name: str | None = None,
+    group: str | None = None,
+    tags: Sequence[str] = (),
+    init_timeout: float = 30.0,
+) -> WandbLogger:
+    """A `WandbLogger` that writes an offline run into ``save_dir/wandb`` when it cannot sync.
+
+    ``mode="auto"`` (or ``WANDB_MODE`` in the environment) picks ``online`` when credentials
+    are found and ``offline`` otherwise, so W&B never asks for a key. An online start that
+    fails within ``init_timeout`` seconds (no network) falls back to offline; sync later with
+    ``wandb sync <save_dir>/wandb/offline-run-*``.
+    """
+    mode = os.environ.get("WANDB_MODE", mode) if mode == "auto" else mode
+    if mode == "auto":
+        mode = "online" if has_wandb_credentials() else "offline"
+    if mode not in ("online", "offline", "disabled"):
+        raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}")
+    kwargs = dict(project=project, save_dir=save_dir, name=name, group=group, tags=list(tags))
+    if mode == "online" and rank_zero_only.rank == 0:
+        import wandb
+
+        try:  # start eagerly, so a dead network costs init_timeout once instead of a crash later
+            run = wandb.init(
+                project=project, dir=save_dir, name=name, group=group, tags=list(tags),
+                settings=wandb.Settings(init_timeout=init_timeout),
+            )  # fmt: skip
+            return WandbLogger(experiment=run, **kwargs)
+        except Exception as error:  # wandb raises several types for auth and network failures
+            rank_zero_warn(f"W&B online start failed ({error}); logging offline to {save_dir}/wandb")
+            mode = "offline"
+    if mode == "disabled":
+        kwargs["mode"] = "disabled"
+    return WandbLogger(offline=mode == "offline", **kwargs)

@@ -1,0 +1,72 @@
+"""Loading any causal LM and tokenizer through transformers, from a Hub id or a local directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_align.config import ConfigError
+
+
+def _resolve(name_or_path: str) -> str:
+    """Fail in one line on a local path that does not exist, before transformers tries the Hub.
+
+    A string with a leading ``/``, ``.`` or ``~``, or with more than one ``/``, can only be a
+    path: a Hub id is ``name`` or ``org/name``.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
+        raise ConfigError(f"model.name_or_path: no such directory: {name_or_path}")
+    return name_or_path
+
+
+def _load(loader, name_or_path: str, **kwargs):
+    try:
+        return loader.from_pretrained(_resolve(name_or_path), **kwargs)
+    except OSError as error:  # transformers raises OSError for unknown ids and unreachable Hubs
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"model.name_or_path={name_or_path!r} is neither a local directory nor a reachable Hub model ({first_line})"
+        ) from error
+
+
+def load_tokenizer(
+    name_or_path: str, trust_remote_code: bool = False, revision: str | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a model. One without a pad token pads with its eos token."""
+    tokenizer = _load(AutoTokenizer, name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """An ``AutoModelForCausalLM`` with its pad token aligned to ``tokenizer``.
+
+    ``dtype`` is the dtype of the stored weights once loaded; keep ``float32`` and let the
+    trainer's ``precision`` decide the compute dtype, or ``bfloat16`` to halve memory.
+    """
+    model = _load(
+        AutoModelForCausalLM,
+        name_or_path,
+        dtype=getattr(torch, dtype),
+        trust_remote_code=trust_remote_code,
+        revision=revision,
+        attn_implementation=attn_implementation,
+    )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model

@@ -1,0 +1,66 @@
+"""The embedded default model: a small Llama built from a config, and a character tokenizer.
+
+Nothing is downloaded. The tokenizer is a `tokenizers` BPE model with no merges over printable
+ASCII plus newline, which makes it character-level, wrapped as a transformers fast tokenizer so
+it saves, loads and batches like any Hub tokenizer.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+CHARACTERS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
+
+
+def char_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: ids 0-3 are pad, bos, eos, unk; then one id per character.
+
+    Characters outside printable ASCII and newline map to ``<unk>``.
+    """
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()  # characters are joined as they are, without spaces
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    pad, bos, eos, unk = SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=pad,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=unk,
+        model_max_length=model_max_length,
+    )
+
+
+def tiny_llama(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 384,
+    max_position_embeddings: int = 512,
+    tie_word_embeddings: bool = True,
+) -> LlamaForCausalLM:
+    """A randomly initialised Llama sized by the arguments (defaults: 0.87M parameters).
+
+    Its vocabulary and special-token ids come from ``tokenizer``, so the model and the
+    tokenizer always agree. Seed the RNG before calling it for reproducible weights.
+    """
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)

@@ -1,0 +1,187 @@
+"""AlignModule: the policy, an optional frozen reference, an objective and the optimizer step."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MeanMetric
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_align.objectives.base import Objective, ObjectiveOutput
+from lit_align.objectives.logps import shifted_logps
+from lit_align.rewards.math import exact_match
+from lit_align.rollout.generate import generate_completions
+
+Batch = dict[str, Any]
+
+
+class AlignModule(L.LightningModule):
+    """Wires a policy to an objective; the objective does the math.
+
+    A training batch is one optimizer step: a list of micro-batches. Each micro-batch's loss is
+    its sum divided by the step's normalizer (counted over all micro-batches and ranks), so
+    accumulating gradients over the list gives the same update for any micro-batch size. That is
+    why optimization is manual here: Lightning's ``accumulate_grad_batches`` divides by the
+    number of micro-batches, which is only right when they hold equally many tokens.
+
+    Args:
+        policy: the causal LM being trained.
+        objective: the loss; if its ``needs_reference`` is true, a frozen copy of the starting
+            policy is kept as the reference (eval mode, no grad, left out of checkpoints).
+        tokenizer: decodes generations at evaluation.
+        optimizer: builds the optimizer from the trainable parameters (a Hydra partial).
+        scheduler: builds the LR schedule from the optimizer and ``num_training_steps``.
+        grad_clip: max gradient norm; ``None`` or 0 disables clipping.
+        max_new_tokens: generation budget at evaluation.
+        verifier: ``(completion, answer) -> float | None``, 1.0 for a correct completion.
+    """
+
+    def __init__(
+        self,
+        policy: PreTrainedModel,
+        objective: Objective,
+        tokenizer: PreTrainedTokenizerBase,
+        optimizer: Callable[[Iterable[torch.nn.Parameter]], Optimizer],
+        scheduler: Callable[..., LRScheduler] | None = None,
+        grad_clip: float | None = 1.0,
+        max_new_tokens: int = 64,
+        verifier: Callable[[str, str], float | None] = exact_match,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.policy = policy
+        self.objective = objective
+        self.reference = frozen_copy(policy) if objective.needs_reference else None
+        self.tokenizer = tokenizer
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.grad_clip = grad_clip
+        self.max_new_tokens = max_new_tokens
+        self.verifier = verifier
+        self.val_accuracy = MeanMetric()
+        self.test_accuracy = MeanMetric()
+        self.train_tokens = 0  # summed over the run, for summary.json
+        self.train_seconds = 0.0
+        self.validated_at_step = -1
+
+    # -- training -----------------------------------------------------------------------------
+
+    def training_step(self, batch: list[Batch], batch_idx: int) -> None:
+        start = time.perf_counter()
+        optimizer = self.optimizers()
+        normalizer = self._across_ranks(sum(self.objective.normalizer(micro) for micro in batch))
+        loss = torch.zeros((), device=self.device)
+        metrics: dict[str, list[Tensor]] = defaultdict(list)
+        for micro in batch:
+            out = self.objective_step(micro, normalizer)
+            self.manual_backward(out.loss)
+            loss += out.loss.detach()
+            for key, value in out.metrics.items():
+                metrics[key].append(value)
+        if self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (scheduler := self.lr_schedulers()) is not None:
+            scheduler.step()
+
+        tokens = sum(micro["num_tokens"] for micro in batch)
+        seconds = time.perf_counter() - start
+        self.train_tokens += tokens
+        self.train_seconds += seconds
+        rows = sum(len(micro["input_ids"]) for micro in batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=rows)
+        self.log("train/lr", lr, batch_size=rows)
+        self.log("train/tokens_per_s", tokens / seconds, batch_size=rows)
+        self.log_dict({k: torch.stack(v).mean() for k, v in metrics.items()}, batch_size=rows)
+
+    def objective_step(self, micro: Batch, normalizer: Tensor) -> ObjectiveOutput:
+        """Runs the policy (and reference) over one micro-batch and applies the objective."""
+        logps = self._logps(self.policy, micro)
+        ref_logps = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logps = self._logps(self.reference, micro)
+        return self.objective(micro, logps, ref_logps, normalizer)
+
+    @staticmethod
+    def _logps(model: PreTrainedModel, micro: Batch) -> Tensor:
+        logits = model(input_ids=micro["input_ids"], attention_mask=micro["attention_mask"], use_cache=False).logits
+        return shifted_logps(logits, micro["input_ids"])
+
+    def _across_ranks(self, count: Tensor) -> Tensor:
+        """The step's normalizer per rank: the global count divided by the world size.
+
+        DDP averages gradients over ranks, so dividing each rank's sum by global/world makes the
+        averaged gradient that of the global sum over the global count.
+        """
+        count = count.float()
+        if self.trainer.world_size == 1:
+            return count
+        return self.trainer.strategy.reduce(count, reduce_op="sum") / self.trainer.world_size
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def train(self, mode: bool = True) -> AlignModule:
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # Lightning calls .train() on the whole module at fit start
+        return self
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_accuracy, "val/accuracy")
+
+    def on_validation_epoch_end(self) -> None:
+        self.validated_at_step = self.trainer.global_step
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_accuracy, "test/accuracy")
+
+    def _evaluate(self, batch: Batch, metric: MeanMetric, name: str) -> None:
+        """Greedy completions of held-out prompts, scored by the verifier.
+
+        Rows the verifier cannot judge (``None``) are left out of the accuracy.
+        """
+        _, texts = generate_completions(
+            self.policy, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"], self.max_new_tokens
+        )
+        scores = [self.verifier(text, answer) for text, answer in zip(texts, batch["answer"])]
+        scored = [s for s in scores if s is not None]
+        if scored:
+            metric.update(torch.tensor(scored, device=self.device))
+        self.log(name, metric, batch_size=max(len(scored), 1))
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The reference is a frozen copy of the starting policy: storing it again is waste.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.reference is not None:  # keep strict loading: refill the keys we left out
+            ref = {f"reference.{k}": v for k, v in self.reference.state_dict().items()}
+            checkpoint["state_dict"].update(ref)
+
+
+def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """An eval-mode copy of ``model`` whose parameters need no gradient."""
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference

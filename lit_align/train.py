@@ -1,0 +1,107 @@
+"""`train(cfg)`: the one place that reads the config tree."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from lit_align.config import validate
+from lit_align.module import AlignModule
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Builds everything from ``cfg``, evaluates, fits, tests, exports; returns the summary.
+
+    Order matters: the config is checked and the data built before any model, so a bad value
+    fails in seconds.
+    """
+    started = time.perf_counter()
+    validate(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    tokenizer = instantiate(cfg.model.tokenizer)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    objective = instantiate(cfg.objective)
+    policy = instantiate(cfg.model.policy, tokenizer=tokenizer)
+    module = AlignModule(
+        policy=policy,
+        objective=objective,
+        tokenizer=tokenizer,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        grad_clip=cfg.grad_clip,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        verifier=datamodule.verify,
+    )
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=_instantiate_each(cfg.get("logger")), callbacks=_instantiate_each(cfg.get("callbacks"))
+    )
+
+    start: dict[str, float] = {}
+    if cfg.eval.before_train:
+        start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    final = _floats(trainer.callback_metrics)
+    if module.validated_at_step != trainer.global_step:  # evaluate the weights we export
+        final |= _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+    final |= _floats(trainer.test(module, datamodule=datamodule, verbose=False)[0])
+
+    summary = {
+        "objective": type(objective).__name__.lower(),
+        "seed": cfg.seed,
+        "start": start,
+        "final": final,
+        "steps": trainer.global_step,
+        "data": datamodule.stats,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "train_tokens_per_s": round(module.train_tokens / max(module.train_seconds, 1e-9), 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if trainer.is_global_zero:
+        module.policy.save_pretrained(out_dir / "model")
+        tokenizer.save_pretrained(out_dir / "model")
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary, out_dir)
+    return summary
+
+
+def _instantiate_each(group: DictConfig | None) -> list[Any]:
+    """Each entry of a ``logger`` or ``callbacks`` group that has a ``_target_``."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: round(float(value), 6) for key, value in sorted(metrics.items())}
+
+
+@rank_zero_only
+def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    table = Table(title=f"lit_align · {summary['objective']} · seed {summary['seed']}")
+    table.add_column("metric")
+    table.add_column("start", justify="right")
+    table.add_column("final", justify="right")
+    for key in sorted(set(summary["start"]) | set(summary["final"])):
+        if key.split("/")[0] in ("val", "test", "train") and key != "train/lr":
+            before, after = summary["start"].get(key), summary["final"].get(key)
+            table.add_row(key, "" if before is None else f"{before:.4f}", "" if after is None else f"{after:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"{summary['steps']} steps in {summary['wall_time_s']:.0f} s · "
+        f"{summary['train_tokens_per_s']:.0f} train tokens/s · peak RSS {summary['peak_rss_mb']:.0f} MB"
+    )
+    console.print(f"run dir: {out_dir}")

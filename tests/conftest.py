@@ -1,0 +1,53 @@
+"""Tiny fixtures: a 2-layer 32-dim Llama, the character tokenizer, and composed configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from lit_align.__main__ import CONF_DIR
+from lit_align.models.tiny import char_tokenizer, tiny_llama
+
+# A run of a few steps on a few rows: seconds, not minutes.
+FAST = [
+    "model.policy.hidden_size=32",
+    "model.policy.num_layers=2",
+    "model.policy.num_heads=2",
+    "model.policy.intermediate_size=64",
+    "data.num_train=64",
+    "data.num_val=8",
+    "data.num_test=8",
+    "data.batch_size=8",
+    "data.eval_batch_size=8",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "scheduler.num_warmup_steps=1",
+    "eval.max_new_tokens=12",
+    "~callbacks.rich_progress_bar",
+]
+
+
+def make_cfg(out_dir: Path, *overrides: str, fast: bool = True) -> DictConfig:
+    """The shipped config with ``overrides``, writing into ``out_dir``."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            config_name="train", overrides=[*(FAST if fast else []), f"paths.output_dir={out_dir}", *overrides]
+        )
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return char_tokenizer()
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    torch.manual_seed(0)
+    return tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)

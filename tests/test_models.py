@@ -1,0 +1,44 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lit_align.config import ConfigError
+from lit_align.models.hf import load_causal_lm, load_tokenizer
+from lit_align.models.tiny import tiny_llama
+
+
+def test_tiny_llama_is_sized_by_its_arguments(tokenizer):
+    model = tiny_llama(tokenizer)
+    assert model.config.model_type == "llama"
+    assert 0.8e6 < sum(p.numel() for p in model.parameters()) < 1.0e6
+    assert model.config.vocab_size == len(tokenizer)
+    assert (model.config.pad_token_id, model.config.eos_token_id) == (0, 2)
+    with pytest.raises(ValueError, match="not divisible"):
+        tiny_llama(tokenizer, hidden_size=30, num_heads=4)
+
+
+def test_hf_save_load_round_trip(tokenizer, tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded_tok = load_tokenizer(str(tmp_path))
+    loaded = load_causal_lm(str(tmp_path), loaded_tok)
+    ids = torch.tensor([tokenizer("3+4=7\n#### 7")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, tiny_model(ids).logits)
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), type(tiny_model))
+    assert load_causal_lm(str(tmp_path), loaded_tok, dtype="bfloat16").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("path", ["/no/such/model", "./missing", "runs/x/model"])
+def test_missing_local_path_is_one_line(path):
+    with pytest.raises(ConfigError, match=r"^model.name_or_path: no such directory: ") as info:
+        load_tokenizer(path)
+    assert "\n" not in str(info.value)
+
+
+def test_unreachable_hub_id_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="neither a local directory nor a reachable Hub model") as info:
+        load_tokenizer("lit-align-test/definitely-not-a-model")
+    assert "\n" not in str(info.value)

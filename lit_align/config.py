@@ -33,6 +33,9 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 
 def validate(cfg: DictConfig) -> None:
     """Raises `ConfigError` naming the first key whose value cannot work."""
+    missing = sorted(_missing(OmegaConf.to_container(cfg, resolve=False)))
+    if missing:
+        raise ConfigError(f"{missing[0]} must be set, e.g. {missing[0]}=<value> on the command line")
     for key, ok, expected in _RULES:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not _holds(ok, value):
@@ -43,6 +46,15 @@ def validate(cfg: DictConfig) -> None:
             f"data.max_length={data.max_length} must exceed data.max_prompt_length="
             f"{data.max_prompt_length} (the prompt budget), or no response token fits"
         )
+
+
+def _missing(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???``, found without resolving interpolations to them."""
+    if isinstance(node, dict):
+        return [key for k, v in node.items() for key in _missing(v, f"{prefix}{k}.")]
+    if isinstance(node, list):
+        return [key for i, v in enumerate(node) for key in _missing(v, f"{prefix}{i}.")]
+    return [prefix.rstrip(".")] if node == "???" else []
 
 
 def _holds(ok: Callable[[Any], bool], value: Any) -> bool:

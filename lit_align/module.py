@@ -162,7 +162,7 @@ class AlignModule(L.LightningModule):
         _, texts = generate_completions(
             self.policy, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"], self.max_new_tokens
         )
-        scores = [self.verifier(text, answer) for text, answer in zip(texts, batch["answer"])]
+        scores = [self.verifier(text, answer) for text, answer in zip(texts, batch["answer"], strict=True)]
         scored = [s for s in scores if s is not None]
         if scored:
             metric.update(torch.tensor(scored, device=self.device))

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# No test touches the network: huggingface_hub reads these once, at import, so set them first.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+
 from pathlib import Path
 
 import pytest

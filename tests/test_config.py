@@ -97,4 +97,6 @@ def test_cli_missing_model_path_is_one_line(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip() == f"lit_align: model.name_or_path: no such directory: {tmp_path}/nowhere"
     out = _cli("model=hf", f"hydra.run.dir={tmp_path}/run")
-    assert out.returncode == 1 and "model.name_or_path" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert out.returncode == 1
+    expected = "lit_align: model.name_or_path must be set, e.g. model.name_or_path=<value> on the command line"
+    assert out.stderr.strip() == expected

@@ -37,8 +37,7 @@ def test_missing_local_path_is_one_line(path):
     assert "\n" not in str(info.value)
 
 
-def test_unreachable_hub_id_is_one_line(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_unreachable_hub_id_is_one_line():  # conftest puts the Hub offline
     with pytest.raises(ConfigError, match="neither a local directory nor a reachable Hub model") as info:
         load_tokenizer("lit-align-test/definitely-not-a-model")
     assert "\n" not in str(info.value)

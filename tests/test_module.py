@@ -47,7 +47,9 @@ def test_update_is_invariant_to_micro_batching(tokenizer, tiny_model, micro_batc
     _fit_one_step(whole, rows, micro_batch_size=8)
     _fit_one_step(split, rows, micro_batch_size=micro_batch_size)
     moved = 0
-    for (name, a), b, start in zip(whole.policy.named_parameters(), split.policy.parameters(), tiny_model.parameters()):
+    for (name, a), b, start in zip(
+        whole.policy.named_parameters(), split.policy.parameters(), tiny_model.parameters(), strict=True
+    ):
         assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
         moved += not torch.equal(a, start)
     assert moved == len(list(tiny_model.parameters()))
@@ -85,9 +87,9 @@ def test_reference_is_frozen_and_not_stored_twice(tokenizer, tiny_model, tmp_pat
     assert not ref.training and all(not p.requires_grad for p in ref.parameters())
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert not optimized & {id(p) for p in ref.parameters()}
-    for a, b in zip(ref.parameters(), tiny_model.parameters()):
+    for a, b in zip(ref.parameters(), tiny_model.parameters(), strict=True):
         assert torch.equal(a, b)  # the reference is still the starting policy
-    assert any(not torch.equal(a, b) for a, b in zip(module.policy.parameters(), tiny_model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(module.policy.parameters(), tiny_model.parameters(), strict=True))
 
     path = tmp_path / "step.ckpt"
     trainer.save_checkpoint(path)
@@ -97,5 +99,5 @@ def test_reference_is_frozen_and_not_stored_twice(tokenizer, tiny_model, tmp_pat
         path, policy=copy.deepcopy(tiny_model), objective=NeedsReference(), tokenizer=tokenizer,
         optimizer=torch.optim.AdamW, weights_only=True,
     )  # fmt: skip
-    for a, b in zip(restored.policy.parameters(), module.policy.parameters()):
+    for a, b in zip(restored.policy.parameters(), module.policy.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-CHARACTERS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
+CHARACTERS = (*tuple(chr(i) for i in range(32, 127)), "\n")
 
 
 def char_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:

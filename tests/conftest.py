@@ -19,12 +19,15 @@ from omegaconf import DictConfig
 from lit_align.__main__ import CONF_DIR
 from lit_align.models.tiny import char_tokenizer, tiny_llama
 
-# A run of a few steps on a few rows: seconds, not minutes.
-FAST = [
+# The tiny model at 2 layers of width 32 (applies to model=tiny only).
+SMALL_MODEL = [
     "model.policy.hidden_size=32",
     "model.policy.num_layers=2",
     "model.policy.num_heads=2",
     "model.policy.intermediate_size=64",
+]
+# A run of a few steps on a few rows: seconds, not minutes.
+FAST = [
     "data.num_train=64",
     "data.num_val=8",
     "data.num_test=8",
@@ -43,10 +46,9 @@ FAST = [
 
 def make_cfg(out_dir: Path, *overrides: str, fast: bool = True) -> DictConfig:
     """The shipped config with ``overrides``, writing into ``out_dir``."""
+    quick = [*FAST, *([] if any(o.startswith("model=") for o in overrides) else SMALL_MODEL)] if fast else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            config_name="train", overrides=[*(FAST if fast else []), f"paths.output_dir={out_dir}", *overrides]
-        )
+        return compose(config_name="train", overrides=[*quick, f"paths.output_dir={out_dir}", *overrides])
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import resource
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import datasets
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
@@ -27,6 +29,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     validate(cfg)
+    datasets.disable_progress_bars()  # the trainer's progress bar is the run's one display
+    # The run dir already holds Hydra's .hydra/; the CSV logger only writes metrics.csv beside it.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_align.objectives.base import Objective, ObjectiveOutput
 from lit_align.objectives.logps import shifted_logps
+from lit_align.objectives.reduce import masked_sum
 from lit_align.rewards.math import exact_match
 from lit_align.rollout.generate import generate_completions
 
@@ -178,6 +179,16 @@ class AlignModule(L.LightningModule):
         if self.reference is not None:  # keep strict loading: refill the keys we left out
             ref = {f"reference.{k}": v for k, v in self.reference.state_dict().items()}
             checkpoint["state_dict"].update(ref)
+
+
+@torch.no_grad()
+def sequence_logps(model: PreTrainedModel, batch: Batch) -> Tensor:
+    """``(rows,)`` summed log-probs of each row's response tokens, in eval mode."""
+    was_training = model.training
+    model.eval()
+    logps = AlignModule._logps(model, batch)
+    model.train(was_training)
+    return masked_sum(logps, batch["loss_mask"][:, 1:], dim=1)
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:

@@ -6,6 +6,7 @@ import json
 import resource
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_align.config import validate
-from lit_align.module import AlignModule
+from lit_align.module import AlignModule, sequence_logps
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -36,10 +37,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    tokenizer = instantiate(cfg.model.tokenizer)
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     objective = instantiate(cfg.objective)
+    tokenizer = instantiate(cfg.model.tokenizer)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, batch_format=objective.batch_format)
     policy = instantiate(cfg.model.policy, tokenizer=tokenizer)
+    if getattr(objective, "precompute_ref", False):
+        # The starting policy is the reference: score every pair once, keep no second model.
+        datamodule.setup("fit")
+        datamodule.add_reference_logps(partial(sequence_logps, policy))
     module = AlignModule(
         policy=policy,
         objective=objective,

@@ -1,8 +1,9 @@
 import random
+import re
 
 import pytest
 
-from lit_align.data.arith import arith_splits, make_problem
+from lit_align.data.arith import ArithDataModule, arith_splits, inject_errors, make_problem
 from lit_align.rewards.math import exact_match
 
 
@@ -57,3 +58,45 @@ def test_bad_knobs_fail_clearly():
     # 20 names x 18 items x 9 values x 2 factors = 6480 distinct one-step "*" problems.
     with pytest.raises(ValueError, match=r"ran out of distinct problems after 64[0-8]\d"):
         arith_splits(num_train=7000, digits=1, steps=1, operations="*")
+
+
+@pytest.mark.parametrize("wrong_steps", [1, 2, 3])
+def test_inject_errors_miscomputes_exactly_k_steps(wrong_steps):
+    rng = random.Random(wrong_steps)
+    for _ in range(100):
+        row = make_problem(rng, 1, 3, "+-*")
+        corrupted = inject_errors(rng, row["solution"], wrong_steps)
+        *equations, final = corrupted.split("\n")
+        wrong, value = 0, None
+        for equation in equations:
+            a, op, b, result = re.match(r"^(-?\d+)([+\-*])(\d+)=(-?\d+)$", equation).groups()
+            assert value is None or int(a) == value  # each step starts from the last result
+            wrong += {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] != int(result)
+            value = int(result)
+        assert wrong == wrong_steps
+        assert final == f"#### {value}" and exact_match(corrupted, row["answer"]) == 0.0
+
+
+@pytest.mark.parametrize("batch_format", ["sft", "pairs", "groups"])
+def test_datamodule_builds_each_format(tokenizer, batch_format):
+    dm = ArithDataModule(tokenizer, batch_format=batch_format, num_train=40, num_val=4, num_test=4, steps=3,
+                         group_size=5, batch_size=8, micro_batch_size=3)  # fmt: skip
+    dm.setup()
+    micro, *rest = next(iter(dm.train_dataloader()))
+    assert len(rest) == 2  # 8 rows in micro-batches of 3, 3, 2
+    rows = {"sft": 3, "pairs": 6, "groups": 15}[batch_format]  # sequences in the first micro-batch
+    assert micro["input_ids"].shape[0] == rows
+    if batch_format == "groups":
+        assert micro["num_groups"] == 3 and micro["group"].tolist() == [0] * 5 + [1] * 5 + [2] * 5
+        assert micro["correct"].tolist()[:5] == [1, 0, 0, 0, 0] and micro["rank"][0] == 0
+        assert all(1 <= r <= 3 for r in micro["rank"].tolist()[1:5])
+    if batch_format == "pairs":
+        raw = dm.build_splits()["train"][0]
+        assert raw["chosen"] != raw["rejected"] and raw["chosen"].split("\n")[0] != "#"
+    prompts = next(iter(dm.val_dataloader()))
+    assert prompts["prompt_ids"].shape[0] == 4 and len(prompts["answer"]) == 4
+
+
+def test_group_size_must_allow_a_negative(tokenizer):
+    with pytest.raises(ValueError, match="group_size"):
+        ArithDataModule(tokenizer, group_size=1)

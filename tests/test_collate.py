@@ -2,8 +2,12 @@ import torch
 
 from lit_align.data.collate import (
     StepCollator,
+    collate_groups,
+    collate_pairs,
     collate_prompts,
     collate_sft,
+    encode_group,
+    encode_pair,
     encode_prompt,
     encode_prompt_response,
     pad,
@@ -53,3 +57,21 @@ def test_step_collator_splits_into_micro_batches(tokenizer):
     assert sum(m["num_tokens"] for m in micro) == sum(len(r["input_ids"]) for r in rows)
     assert micro[0]["input_ids"].shape[1] == 3 + 3 + 1  # padded to its own longest row
     assert torch.equal(micro[2]["loss_mask"].sum(), torch.tensor(8))
+
+
+def test_collate_pairs_puts_chosen_first_and_keeps_ref_order(tokenizer):
+    rows = [encode_pair(tokenizer, "Q\n", "12", "3", 8, 16), encode_pair(tokenizer, "Q\n", "4", "567", 8, 16)]
+    rows[0]["ref_logps"], rows[1]["ref_logps"] = [-1.0, -2.0], [-3.0, -4.0]
+    batch = collate_pairs(rows, pad_id=0)
+    assert batch["input_ids"].shape[0] == 4
+    assert batch["loss_mask"].sum(1).tolist() == [3, 2, 2, 4]  # response + eos: chosen 0, 1, rejected 0, 1
+    assert batch["ref_logps"].tolist() == [-1.0, -3.0, -2.0, -4.0]
+
+
+def test_collate_groups_flattens_with_group_index(tokenizer):
+    responses = [{"text": "1", "correct": True, "rank": 0}, {"text": "22", "correct": False, "rank": 2}]
+    rows = [encode_group(tokenizer, "Q\n", responses, 8, 16), encode_group(tokenizer, "R\n", responses[:1], 8, 16)]
+    batch = collate_groups(rows, pad_id=0)
+    assert batch["num_groups"] == 2 and batch["group"].tolist() == [0, 0, 1]
+    assert batch["correct"].tolist() == [1, 0, 1] and batch["rank"].tolist() == [0, 2, 0]
+    assert batch["reference"].tolist() == [0, 0, 0] and batch["loss_mask"].sum(1).tolist() == [2, 3, 2]

@@ -122,3 +122,31 @@ def test_cli_writes_the_run_directory(tmp_path):
     ):
         assert (run_dir / name).is_file(), name
     assert "test/accuracy" in out.stdout and "run dir:" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "overrides,metric",
+    [
+        (["objective=dpo"], "rewards/accuracies"),
+        (["objective=dpo", "objective.loss_type=ipo"], "rewards/margins"),
+        (["objective=aft"], "aft/pair_accuracy"),
+        (["objective=aft", "objective.feedback=ranking", "objective.constraint=detach"], "aft/pair_accuracy"),
+    ],
+)
+def test_preference_objectives_end_to_end(tmp_path, overrides, metric):
+    summary = train(make_cfg(tmp_path, *overrides, "trainer.max_steps=3", "eval.before_train=false"))
+    assert summary["objective"] == overrides[0].split("=")[1]
+    assert metric in summary["final"] and all(math.isfinite(x) for x in _train_losses(tmp_path))
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_precomputed_reference_matches_a_live_reference(tmp_path):
+    live = train(make_cfg(tmp_path / "live", "objective=dpo", "eval.before_train=false"))
+    cached = train(make_cfg(tmp_path / "cached", "objective=dpo", "objective.precompute_ref=true",
+                            "eval.before_train=false"))  # fmt: skip
+    torch.testing.assert_close(
+        _train_losses(tmp_path / "cached"), _train_losses(tmp_path / "live"), rtol=1e-5, atol=1e-6
+    )
+    assert cached["final"]["rewards/margins"] == pytest.approx(live["final"]["rewards/margins"], abs=1e-5)
+    ckpt = torch.load(tmp_path / "live" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not any(k.startswith("reference.") for k in ckpt["state_dict"])

@@ -16,12 +16,13 @@ answer extraction serves this task and GSM8K (`lit_align.rewards.math`).
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
-from lit_align.data.datamodule import PromptResponseDataModule
+from lit_align.data.datamodule import AlignDataModule
 
 NAMES = (
     "Mia", "Tom", "Ann", "Leo", "Ivy", "Sam", "Zoe", "Max", "Eva", "Ben",
@@ -71,6 +72,35 @@ def make_problem(rng: random.Random, digits: int, steps: int, operations: str) -
     return {"question": " ".join(sentences), "solution": solution, "answer": str(value)}
 
 
+_EQUATION = re.compile(r"^(-?\d+)([+\-*])(\d+)=(-?\d+)$")
+
+
+def inject_errors(rng: random.Random, solution: str, wrong_steps: int) -> str:
+    """The chain of ``solution`` with exactly ``wrong_steps`` equations miscomputed.
+
+    A wrong step's result is off by 1 to 3; later steps compute correctly from the wrong value
+    they are given, so the chain has exactly ``wrong_steps`` errors and its final answer is
+    wrong (errors that would cancel out are redrawn).
+    """
+    *lines, final = solution.split("\n")
+    steps = [_EQUATION.match(line).groups() for line in lines]  # type: ignore[union-attr]
+    if not 1 <= wrong_steps <= len(steps):
+        raise ValueError(f"wrong_steps must be in 1..{len(steps)}, got {wrong_steps}")
+    correct = int(final.removeprefix("#### "))
+    while True:
+        wrong = set(rng.sample(range(len(steps)), wrong_steps))
+        value = int(steps[0][0])
+        equations = []
+        for i, (_, op, n, _) in enumerate(steps):
+            result = {"+": value + int(n), "-": value - int(n), "*": value * int(n)}[op]
+            if i in wrong:
+                result += rng.choice((-3, -2, -1, 1, 2, 3))
+            equations.append(f"{value}{op}{n}={result}")
+            value = result
+        if value != correct:
+            return "\n".join([*equations, f"#### {value}"])
+
+
 def arith_splits(
     seed: int = 0,
     num_train: int = 20000,
@@ -117,8 +147,15 @@ def arith_splits(
     )
 
 
-class ArithDataModule(PromptResponseDataModule):
-    """The built-in arithmetic task as a datamodule: question → chain of thought → ``#### x``.
+class ArithDataModule(AlignDataModule):
+    """The built-in arithmetic task in every batch format, with no download.
+
+    - ``sft``: question → its chain of thought.
+    - ``pairs``: the correct chain is chosen; rejected is the same chain with 1 to ``steps``
+      miscomputed equations.
+    - ``groups``: per question, the correct chain and ``group_size - 1`` corrupted ones, each
+      labelled ``correct`` and ranked by its number of wrong steps (0 for the correct chain;
+      equal counts tie).
 
     Args:
         seed: the task instance. Fixed by default (not the training seed), so runs with
@@ -127,8 +164,9 @@ class ArithDataModule(PromptResponseDataModule):
         digits: operands have 1 to ``digits`` digits.
         steps: operations per problem.
         operations: the operations drawn from, any of ``+-*``.
+        group_size: chains per question in the ``groups`` format (>= 2).
         prompt_template: how a question becomes a prompt; ``{question}`` is replaced.
-        **loader: batch and length settings of `PromptResponseDataModule`.
+        **loader: batch and length settings of `AlignDataModule`.
     """
 
     def __init__(
@@ -141,20 +179,44 @@ class ArithDataModule(PromptResponseDataModule):
         digits: int = 2,
         steps: int = 2,
         operations: str = "+-",
+        group_size: int = 4,
         prompt_template: str = "{question}\n",
         **loader: Any,
     ) -> None:
         super().__init__(tokenizer, **loader)
+        if group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (one correct chain and a wrong one), got {group_size}")
         self.task = dict(
             seed=seed, num_train=num_train, num_val=num_val, num_test=num_test,
             digits=digits, steps=steps, operations=operations,
         )  # fmt: skip
+        self.group_size = group_size
         self.prompt_template = prompt_template
 
     def build_splits(self) -> DatasetDict:
         splits = arith_splits(**self.task)
+        rng = random.Random(self.task["seed"] + 1)  # the corruptions, apart from the problems
+        steps = self.task["steps"]
 
-        def to_prompt(row: dict[str, str]) -> dict[str, str]:
-            return {"prompt": self.prompt_template.format(question=row["question"]), "response": row["solution"]}
+        def train_row(row: dict[str, str]) -> dict[str, Any]:
+            prompt, solution = self.prompt_template.format(question=row["question"]), row["solution"]
+            if self.batch_format == "sft":
+                return {"prompt": prompt, "response": solution}
+            if self.batch_format == "pairs":
+                return {"prompt": prompt, "chosen": solution,
+                        "rejected": inject_errors(rng, solution, rng.randint(1, steps))}  # fmt: skip
+            wrong = [rng.randint(1, steps) for _ in range(self.group_size - 1)]
+            responses = [{"text": solution, "correct": True, "rank": 0, "reference": False}]
+            responses += [{"text": inject_errors(rng, solution, k), "correct": False, "rank": k, "reference": False}
+                          for k in wrong]  # fmt: skip
+            return {"prompt": prompt, "responses": responses}
 
-        return DatasetDict({name: split.map(to_prompt) for name, split in splits.items()})
+        def held_out_row(row: dict[str, str]) -> dict[str, str]:
+            return {"prompt": self.prompt_template.format(question=row["question"]), "answer": row["answer"]}
+
+        train = splits["train"]
+        return DatasetDict(
+            train=Dataset.from_list([train_row(r) for r in train]),
+            validation=splits["validation"].map(held_out_row),
+            test=splits["test"].map(held_out_row),
+        )

@@ -64,16 +64,74 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> 
 def collate_sft(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` (1 on response tokens),
     each ``(batch, longest)``, plus ``num_tokens``, the count of non-pad tokens."""
-    input_ids, attention_mask = pad([r["input_ids"] for r in rows], pad_id)
+    return _response_batch([r["input_ids"] for r in rows], [r["prompt_len"] for r in rows], pad_id)
+
+
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, chosen: str, rejected: str, max_prompt_length: int, max_length: int
+) -> dict[str, Any]:
+    """A preference row as two encoded sequences sharing one prompt encoding."""
+    c = encode_prompt_response(tokenizer, prompt, chosen, max_prompt_length, max_length)
+    r = encode_prompt_response(tokenizer, prompt, rejected, max_prompt_length, max_length)
+    return {
+        "chosen_ids": c["input_ids"], "rejected_ids": r["input_ids"], "prompt_len": c["prompt_len"],
+        "prompt_truncated": c["prompt_truncated"],
+        "response_truncated": c["response_truncated"] or r["response_truncated"],
+    }  # fmt: skip
+
+
+def encode_group(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    responses: Sequence[dict[str, Any]],
+    max_prompt_length: int,
+    max_length: int,
+) -> dict[str, Any]:
+    """One question's chains: ``responses`` are ``{"text", "correct", "rank", "reference"}``."""
+    encoded = [encode_prompt_response(tokenizer, prompt, r["text"], max_prompt_length, max_length) for r in responses]
+    return {
+        "sequences": [e["input_ids"] for e in encoded],
+        "prompt_len": encoded[0]["prompt_len"] if encoded else 0,
+        "correct": [bool(r["correct"]) for r in responses],
+        "rank": [int(r["rank"]) for r in responses],
+        "reference": [bool(r.get("reference", False)) for r in responses],
+        "prompt_truncated": any(e["prompt_truncated"] for e in encoded),
+        "response_truncated": any(e["response_truncated"] for e in encoded),
+    }
+
+
+def _response_batch(sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int) -> dict[str, Any]:
+    input_ids, attention_mask = pad(sequences, pad_id)
     positions = torch.arange(input_ids.shape[1])
-    prompt_len = torch.tensor([r["prompt_len"] for r in rows])
-    loss_mask = (positions[None, :] >= prompt_len[:, None]).long() * attention_mask
+    loss_mask = (positions[None, :] >= torch.tensor(prompt_lens)[:, None]).long() * attention_mask
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "loss_mask": loss_mask,
         "num_tokens": int(attention_mask.sum()),
     }
+
+
+def collate_pairs(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """``2P`` right-padded sequences, the ``P`` chosen then the ``P`` rejected, so one forward
+    scores both sides; with ``ref_logps`` ``(2P,)`` in the same order when the rows carry them."""
+    sequences = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
+    batch = _response_batch(sequences, [r["prompt_len"] for r in rows] * 2, pad_id)
+    if rows and "ref_logps" in rows[0]:
+        batch["ref_logps"] = torch.tensor([r["ref_logps"][0] for r in rows] + [r["ref_logps"][1] for r in rows])
+    return batch
+
+
+def collate_groups(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Every chain of every question as one padded batch, with per-row ``group`` (question
+    index in this batch), ``correct``, ``rank`` and ``reference``, each ``(rows,)``."""
+    sequences = [seq for r in rows for seq in r["sequences"]]
+    batch = _response_batch(sequences, [r["prompt_len"] for r in rows for _ in r["sequences"]], pad_id)
+    batch["group"] = torch.tensor([g for g, r in enumerate(rows) for _ in r["sequences"]], dtype=torch.long)
+    for key in ("correct", "rank", "reference"):
+        batch[key] = torch.tensor([v for r in rows for v in r[key]], dtype=torch.long)
+    batch["num_groups"] = len(rows)
+    return batch
 
 
 def collate_prompts(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:

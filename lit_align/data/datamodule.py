@@ -1,28 +1,51 @@
-"""A LightningDataModule over prompt → response rows, evaluated by generation."""
+"""The LightningDataModule behind every task: tokenised training rows in the format the
+objective consumes, and held-out prompts with gold answers for evaluation by generation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import lightning as L
+import torch
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lit_align.data.collate import StepCollator, collate_prompts, collate_sft, encode_prompt, encode_prompt_response
+from lit_align.data.collate import (
+    StepCollator,
+    collate_groups,
+    collate_pairs,
+    collate_prompts,
+    collate_sft,
+    encode_group,
+    encode_pair,
+    encode_prompt,
+    encode_prompt_response,
+)  # fmt: skip
 from lit_align.rewards.math import exact_match
 
+# What each objective's training rows look like before tokenising:
+#   sft:    prompt, response
+#   pairs:  prompt, chosen, rejected
+#   groups: prompt, responses = [{text, correct, rank, reference}, ...]
+BATCH_FORMATS = ("sft", "pairs", "groups")
+_COLLATE = {"sft": collate_sft, "pairs": collate_pairs, "groups": collate_groups}
 
-class PromptResponseDataModule(L.LightningDataModule):
-    """Training rows are ``prompt``/``response`` pairs; held-out rows are ``prompt``/``answer``.
 
-    Subclasses supply the raw splits in ``build_splits`` and may override ``verify``, the
-    check of a generated completion against a row's gold answer.
+class AlignDataModule(L.LightningDataModule):
+    """Training rows in ``batch_format``; ``validation``/``test`` rows are ``prompt``/``answer``.
+
+    Subclasses supply the raw splits in ``build_splits`` and may override ``verify``, the check
+    of a generated completion against a row's gold answer.
 
     Args:
         tokenizer: the policy's tokenizer.
-        batch_size: rows per optimizer step, over all devices together.
+        batch_format: what the objective consumes (``sft``, ``pairs`` or ``groups``); set by
+            ``train`` from the objective, not in the data config.
+        batch_size: rows per optimizer step, over all devices together (a row is one example,
+            one pair or one question's group).
         micro_batch_size: rows per forward pass on one device; ``None`` means the whole
             per-device batch. Smaller values trade speed for memory, never the result.
         eval_batch_size: prompts per generation batch at validation and test.
@@ -34,6 +57,7 @@ class PromptResponseDataModule(L.LightningDataModule):
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
+        batch_format: str = "sft",
         batch_size: int = 32,
         micro_batch_size: int | None = None,
         eval_batch_size: int = 100,
@@ -42,6 +66,8 @@ class PromptResponseDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if batch_format not in BATCH_FORMATS:
+            raise ValueError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batch_size=}, {eval_batch_size=}")
         if micro_batch_size is not None and micro_batch_size < 1:
@@ -49,6 +75,7 @@ class PromptResponseDataModule(L.LightningDataModule):
         if max_length <= max_prompt_length:
             raise ValueError(f"max_length={max_length} leaves no room after max_prompt_length={max_prompt_length}")
         self.tokenizer = tokenizer
+        self.batch_format = batch_format
         self.batch_size = batch_size
         self.micro_batch_size = micro_batch_size
         self.eval_batch_size = eval_batch_size
@@ -59,8 +86,8 @@ class PromptResponseDataModule(L.LightningDataModule):
         self.stats: dict[str, int] = {}
 
     def build_splits(self) -> DatasetDict:
-        """``train`` with ``prompt``, ``response``; ``validation`` and ``test`` with ``prompt``,
-        ``answer``."""
+        """``train`` in ``self.batch_format``'s row schema; ``validation`` and ``test`` with
+        ``prompt`` and ``answer``."""
         raise NotImplementedError
 
     def verify(self, completion: str, answer: str) -> float | None:
@@ -72,7 +99,7 @@ class PromptResponseDataModule(L.LightningDataModule):
             return
         raw = self.build_splits()
         train = raw["train"].map(self._encode_train, remove_columns=raw["train"].column_names)
-        self.stats = {
+        self.stats |= {
             "data/train_rows": len(train),
             "data/prompt_truncated": sum(train["prompt_truncated"]),
             "data/response_truncated": sum(train["response_truncated"]),
@@ -81,12 +108,32 @@ class PromptResponseDataModule(L.LightningDataModule):
         self.splits = {"train": train, **held_out}
 
     def _encode_train(self, row: dict[str, Any]) -> dict[str, Any]:
-        return encode_prompt_response(
-            self.tokenizer, row["prompt"], row["response"], self.max_prompt_length, self.max_length
-        )
+        lengths = (self.max_prompt_length, self.max_length)
+        if self.batch_format == "sft":
+            return encode_prompt_response(self.tokenizer, row["prompt"], row["response"], *lengths)
+        if self.batch_format == "pairs":
+            return encode_pair(self.tokenizer, row["prompt"], row["chosen"], row["rejected"], *lengths)
+        return encode_group(self.tokenizer, row["prompt"], row["responses"], *lengths)
 
     def _encode_prompt(self, row: dict[str, Any]) -> dict[str, Any]:
         return {"prompt_ids": encode_prompt(self.tokenizer, row["prompt"], self.max_prompt_length)[0]}
+
+    def add_reference_logps(self, score: Callable[[dict[str, Any]], torch.Tensor]) -> None:
+        """Stores ``score(batch)`` of every training pair as a ``ref_logps`` column.
+
+        ``score`` maps a collated pair batch to ``(2P,)`` sequence log-probs (chosen, then
+        rejected); it runs once here, so training keeps no reference model.
+        """
+        assert self.splits is not None and self.batch_format == "pairs", "pairs data, after setup()"
+        train = self.splits["train"]
+        collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
+        values: list[list[float]] = []
+        for start in range(0, len(train), self.eval_batch_size):
+            rows = train.select(range(start, min(start + self.eval_batch_size, len(train))))
+            logps = score(collate(list(rows))).tolist()
+            half = len(logps) // 2
+            values.extend([c, r] for c, r in zip(logps[:half], logps[half:], strict=True))
+        self.splits["train"] = train.add_column("ref_logps", values)
 
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -97,14 +144,13 @@ class PromptResponseDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.splits is not None, "call setup() first"
         batch = self.per_device_batch_size()
-        pad_id = self.tokenizer.pad_token_id
-        collate = StepCollator(partial(collate_sft, pad_id=pad_id), self.micro_batch_size or batch)
+        collate = partial(_COLLATE[self.batch_format], pad_id=self.tokenizer.pad_token_id)
         return DataLoader(
             self.splits["train"],
             batch_size=batch,
             shuffle=True,
             drop_last=len(self.splits["train"]) >= batch,  # every step sees a full batch
-            collate_fn=collate,
+            collate_fn=StepCollator(collate, self.micro_batch_size or batch),
             num_workers=self.num_workers,
         )
 

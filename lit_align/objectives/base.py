@@ -28,6 +28,9 @@ class Objective(nn.Module):
     """
 
     needs_reference: bool = False
+    # The training rows it consumes: "sft" (prompt, response), "pairs" or "groups"
+    # (see `lit_align.data.datamodule`).
+    batch_format: str = "sft"
 
     def normalizer(self, batch: dict[str, Tensor]) -> Tensor:
         """How many units (tokens, sequences, pairs…) the loss averages over in ``batch``.

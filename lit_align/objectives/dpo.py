@@ -1,0 +1,135 @@
+"""Direct Preference Optimization and its common variants, as pure functions of sequence log-probs.
+
+With h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x)), the implicit
+reward margin of the chosen response y_w over the rejected y_l:
+
+- ``sigmoid``: DPO, Rafailov et al. 2023 (arXiv 2305.18290), Eq. 7: −log σ(βh). With label
+  smoothing ε (conservative DPO, Mitchell 2023): −(1−ε)·log σ(βh) − ε·log σ(−βh).
+- ``ipo``: IPO, Azar et al. 2023 (arXiv 2310.12036), Eq. 17: (h − 1/(2β))².
+- ``hinge``: the calibration loss of SLiC-HF, Zhao et al. 2023 (arXiv 2305.10425), Eq. 1,
+  on the implicit reward margin: max(0, 1 − βh).
+
+Sequence log-probs are sums over response tokens (the paper's log π(y|x)); IPO's paper
+averages per token, which callers get by passing token-mean log-probs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_align.objectives.base import Objective, ObjectiveOutput
+from lit_align.objectives.reduce import masked_mean, masked_sum, normalize
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def dpo_losses(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-pair preference losses and the implicit rewards.
+
+    Args:
+        policy_chosen, policy_rejected: ``(pairs,)`` log π(y|x) of the chosen / rejected response.
+        ref_chosen, ref_rejected: ``(pairs,)`` the same under the reference (no gradient needed).
+        beta: the KL strength β (> 0).
+        loss_type: ``sigmoid``, ``ipo`` or ``hinge``.
+        label_smoothing: ε, the assumed rate of flipped labels (``sigmoid`` only).
+
+    Returns:
+        ``(losses, chosen_rewards, rejected_rewards)``, each ``(pairs,)``; the rewards are
+        β·(log π − log π_ref), detached.
+    """
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    h = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * h)
+    else:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+class DPO(Objective):
+    """DPO-family loss over a batch of pairs, averaged over the pairs of the optimizer step.
+
+    A micro-batch holds ``2P`` sequences: the ``P`` chosen ones, then the ``P`` rejected ones,
+    so one forward of the policy (and one of the reference) scores both sides.
+
+    Args:
+        beta: β.
+        loss_type: ``sigmoid`` (DPO), ``ipo`` or ``hinge``.
+        label_smoothing: ε for conservative DPO, in [0, 0.5).
+        sft_weight: weight of an NLL term on the chosen response (token mean per pair), added
+            to the preference loss; 0 disables it.
+        precompute_ref: the reference log-probs come with the batch (``ref_logps``, computed
+            once before training), so no reference model is kept during training.
+    """
+
+    batch_format = "pairs"
+
+    def __init__(
+        self,
+        beta: float = 0.1,
+        loss_type: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        sft_weight: float = 0.0,
+        precompute_ref: bool = False,
+    ) -> None:
+        super().__init__()
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        if not 0 <= label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+        if label_smoothing and loss_type != "sigmoid":
+            raise ValueError("label_smoothing applies to loss_type=sigmoid only")
+        self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+        self.sft_weight = sft_weight
+        self.precompute_ref = precompute_ref
+        self.needs_reference = not precompute_ref
+
+    def normalizer(self, batch: dict[str, Tensor]) -> Tensor:
+        return torch.tensor(batch["input_ids"].shape[0] // 2, device=batch["input_ids"].device)
+
+    def forward(
+        self,
+        batch: dict[str, Tensor],
+        logps: Tensor,
+        ref_logps: Tensor | None,
+        normalizer: Tensor,
+    ) -> ObjectiveOutput:
+        mask = batch["loss_mask"][:, 1:]
+        seq = masked_sum(logps, mask, dim=1)
+        ref_seq = batch["ref_logps"] if ref_logps is None else masked_sum(ref_logps, mask, dim=1)
+        pairs = seq.shape[0] // 2
+        losses, chosen_rewards, rejected_rewards = dpo_losses(
+            seq[:pairs], seq[pairs:], ref_seq[:pairs], ref_seq[pairs:], self.beta, self.loss_type,
+            self.label_smoothing,
+        )  # fmt: skip
+        total = losses.sum()
+        metrics = {
+            "rewards/chosen": chosen_rewards.mean(),
+            "rewards/rejected": rejected_rewards.mean(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+            "logps/chosen": seq[:pairs].detach().mean(),
+            "logps/rejected": seq[pairs:].detach().mean(),
+        }
+        if self.sft_weight:
+            nll = -masked_mean(logps[:pairs], mask[:pairs], dim=1)
+            total = total + self.sft_weight * nll.sum()
+            metrics["train/chosen_nll"] = nll.detach().mean()
+        return ObjectiveOutput(normalize(total, normalizer), metrics)

@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from lit_align.objectives.dpo import DPO, dpo_losses
+
+T = torch.tensor
+
+
+def test_dpo_losses_by_hand():
+    """Pair 1: π_c=-1, π_r=-3, ref -2/-2, β=0.5 → h = (−1+2) − (−3+2) = 2, βh = 1.
+    Pair 2: π_c=-2, π_r=-1, ref -2/-2 → h = 0 − 1 = −1, βh = −0.5.
+
+    sigmoid: −log σ(1) = log(1+e^−1) = 0.313262;  −log σ(−0.5) = log(1+e^0.5) = 0.974077
+    ε = 0.1:  0.9·0.313262 + 0.1·log(1+e^1) = 0.413262
+    ipo:      (2 − 1/(2·0.5))² = 1;  (−1 − 1)² = 4
+    hinge:    max(0, 1 − 1) = 0;  max(0, 1 + 0.5) = 1.5
+    rewards:  chosen β(−1+2) = 0.5, rejected β(−3+2) = −0.5 (pair 1)
+    """
+    args = T([-1.0, -2.0]), T([-3.0, -1.0]), T([-2.0, -2.0]), T([-2.0, -2.0])
+    losses, chosen, rejected = dpo_losses(*args, beta=0.5)
+    assert_close(losses, T([0.313262, 0.974077]), atol=1e-6, rtol=0)
+    assert_close(chosen, T([0.5, 0.0])) and assert_close(rejected, T([-0.5, 0.5]))
+    assert_close(dpo_losses(*args, beta=0.5, label_smoothing=0.1)[0][0], T(0.413262), atol=1e-6, rtol=0)
+    assert_close(dpo_losses(*args, beta=0.5, loss_type="ipo")[0], T([1.0, 4.0]))
+    assert_close(dpo_losses(*args, beta=0.5, loss_type="hinge")[0], T([0.0, 1.5]))
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_preferred_pair_has_lower_loss(loss_type):
+    better = dpo_losses(T([-1.0]), T([-4.0]), T([-2.0]), T([-2.0]), beta=0.1, loss_type=loss_type)[0]
+    worse = dpo_losses(T([-4.0]), T([-1.0]), T([-2.0]), T([-2.0]), beta=0.1, loss_type=loss_type)[0]
+    assert better.item() < worse.item()
+
+
+def test_gradient_pushes_chosen_up_and_rejected_down_and_skips_the_reference():
+    chosen, rejected = T([-2.0], requires_grad=True), T([-2.0], requires_grad=True)
+    ref_c, ref_r = T([-2.0], requires_grad=True), T([-2.0], requires_grad=True)
+    losses, rc, rr = dpo_losses(chosen, rejected, ref_c.detach(), ref_r.detach(), beta=1.0)
+    losses.sum().backward()
+    # At h = 0: d/dπ_c −log σ(h) = −σ(−0) = −0.5, and +0.5 for π_r.
+    assert_close(chosen.grad, T([-0.5])) and assert_close(rejected.grad, T([0.5]))
+    assert ref_c.grad is None and not rc.requires_grad and not rr.requires_grad
+
+
+def _pair_batch(logps_rows, mask_rows, ref_logps=None):
+    batch = {"input_ids": torch.zeros(len(mask_rows), len(mask_rows[0]) + 1, dtype=torch.long),
+             "loss_mask": torch.tensor([[0, *m] for m in mask_rows])}  # fmt: skip
+    if ref_logps is not None:
+        batch["ref_logps"] = T(ref_logps)
+    return batch, T(logps_rows)
+
+
+def test_dpo_objective_sums_response_tokens_and_averages_pairs():
+    """Chosen row: tokens −0.5, −0.5 (a masked −9 ignored) → −1; rejected: −3. Ref −2, −2.
+    h = 2, β = 0.5 → loss 0.313262 for the one pair, normalizer 1 pair."""
+    batch, logps = _pair_batch([[-0.5, -0.5, -9.0], [-1.0, -2.0, -9.0]], [[1, 1, 0], [1, 1, 0]], [-2.0, -2.0])
+    objective = DPO(beta=0.5, precompute_ref=True)
+    assert not objective.needs_reference and DPO().needs_reference
+    assert objective.normalizer(batch).item() == 1
+    out = objective(batch, logps, None, objective.normalizer(batch))
+    assert_close(out.loss, T(0.313262), atol=1e-6, rtol=0)
+    assert out.metrics["rewards/accuracies"].item() == 1.0
+    assert_close(out.metrics["rewards/margins"], T(1.0))
+    assert_close(out.metrics["logps/chosen"], T(-1.0)) and assert_close(out.metrics["logps/rejected"], T(-3.0))
+    # A step of 4 pairs: this micro-batch carries a quarter of the mean.
+    assert_close(objective(batch, logps, None, T(4.0)).loss, T(0.313262 / 4), atol=1e-6, rtol=0)
+
+
+def test_sft_weight_adds_token_mean_nll_of_chosen():
+    batch, logps = _pair_batch([[-0.5, -1.5, -9.0], [-1.0, -2.0, -9.0]], [[1, 1, 0], [1, 1, 0]], [-2.0, -2.0])
+    plain = DPO(beta=0.5, precompute_ref=True)(batch, logps, None, T(1.0)).loss
+    mixed = DPO(beta=0.5, sft_weight=2.0, precompute_ref=True)(batch, logps, None, T(1.0)).loss
+    assert_close(mixed - plain, T(2.0 * 1.0))  # chosen NLL token mean = (0.5 + 1.5)/2 = 1
+
+
+def test_fully_masked_rows_give_finite_zero_margin():
+    batch, logps = _pair_batch([[-1.0, -1.0], [-2.0, -2.0]], [[0, 0], [0, 0]], [0.0, 0.0])
+    logps.requires_grad_(True)
+    out = DPO(beta=0.5, sft_weight=1.0, precompute_ref=True)(batch, logps, None, T(1.0))
+    assert_close(out.loss, T(math.log(2.0)))  # h = 0 → −log σ(0); NLL of an empty chosen is 0
+    out.loss.backward()
+    assert torch.isfinite(logps.grad).all() and logps.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"beta": 0}, "beta"), ({"loss_type": "kto"}, "loss_type"), ({"label_smoothing": 0.5}, "label_smoothing"),
+     ({"loss_type": "ipo", "label_smoothing": 0.1}, "sigmoid only")],
+)  # fmt: skip
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DPO(**kwargs)

@@ -59,7 +59,8 @@ class AlignModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        self.policy = policy
+        # from_pretrained returns eval mode and Lightning keeps module modes as it finds them.
+        self.policy = policy.train()
         self.objective = objective
         self.reference = frozen_copy(policy) if objective.needs_reference else None
         self.tokenizer = tokenizer
@@ -146,14 +147,36 @@ class AlignModule(L.LightningModule):
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_accuracy, "val/accuracy")
+    def validation_step(self, batch: Batch | list[Batch], batch_idx: int) -> None:
+        if isinstance(batch, list):
+            self._evaluate_objective(batch, "val")
+        else:
+            self._evaluate(batch, self.val_accuracy, "val/accuracy")
 
     def on_validation_epoch_end(self) -> None:
         self.validated_at_step = self.trainer.global_step
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_accuracy, "test/accuracy")
+    def test_step(self, batch: Batch | list[Batch], batch_idx: int) -> None:
+        if isinstance(batch, list):
+            self._evaluate_objective(batch, "test")
+        else:
+            self._evaluate(batch, self.test_accuracy, "test/accuracy")
+
+    def _evaluate_objective(self, batch: list[Batch], stage: str) -> None:
+        """The objective's loss and metrics on held-out training-format rows (e.g. pairs),
+        logged as ``{stage}/loss``, ``{stage}/rewards/accuracies`` …"""
+        normalizer = sum(self.objective.normalizer(micro) for micro in batch).float()
+        loss = torch.zeros((), device=self.device)
+        metrics: dict[str, list[Tensor]] = defaultdict(list)
+        for micro in batch:
+            out = self.objective_step(micro, normalizer)
+            loss += out.loss
+            for key, value in out.metrics.items():
+                metrics[key].append(value)
+        rows = int(normalizer.item())
+        self.log(f"{stage}/loss", loss, batch_size=rows, sync_dist=True)
+        for key, values in metrics.items():
+            self.log(f"{stage}/{key}", torch.stack(values).mean(), batch_size=rows, sync_dist=True)
 
     def _evaluate(self, batch: Batch, metric: MeanMetric, name: str) -> None:
         """Greedy completions of held-out prompts, scored by the verifier.

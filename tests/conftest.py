@@ -26,11 +26,10 @@ SMALL_MODEL = [
     "model.policy.num_heads=2",
     "model.policy.intermediate_size=64",
 ]
-# A run of a few steps on a few rows: seconds, not minutes.
+# The arithmetic task at a few rows (applies to data=arith only).
+SMALL_DATA = ["data.num_train=64", "data.num_val=8", "data.num_test=8"]
+# A run of a few steps: seconds, not minutes.
 FAST = [
-    "data.num_train=64",
-    "data.num_val=8",
-    "data.num_test=8",
     "data.batch_size=8",
     "data.eval_batch_size=8",
     "trainer.max_steps=6",
@@ -46,7 +45,11 @@ FAST = [
 
 def make_cfg(out_dir: Path, *overrides: str, fast: bool = True) -> DictConfig:
     """The shipped config with ``overrides``, writing into ``out_dir``."""
-    quick = [*FAST, *([] if any(o.startswith("model=") for o in overrides) else SMALL_MODEL)] if fast else []
+    quick = []
+    if fast:
+        quick += FAST
+        quick += [] if any(o.startswith("model=") for o in overrides) else SMALL_MODEL
+        quick += [] if any(o.startswith("data=") for o in overrides) else SMALL_DATA
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=[*quick, f"paths.output_dir={out_dir}", *overrides])
 

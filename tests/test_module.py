@@ -77,6 +77,11 @@ class NeedsReference(SFT):
         return ObjectiveOutput(normalize(masked_sum((logps - ref_logps) ** 2 - logps, mask), normalizer), {})
 
 
+def test_policy_trains_in_train_mode_even_if_loaded_in_eval_mode(tokenizer, tiny_model):
+    module = AlignModule(tiny_model.eval(), SFT(), tokenizer, optimizer=torch.optim.AdamW)
+    assert module.policy.training and all(m.training for m in module.policy.modules())
+
+
 def test_reference_is_frozen_and_not_stored_twice(tokenizer, tiny_model, tmp_path):
     module = AlignModule(
         copy.deepcopy(tiny_model), NeedsReference(), tokenizer, optimizer=partial(torch.optim.AdamW, lr=1e-2)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_align.train import train
-from tests.conftest import FAST, SMALL_MODEL, make_cfg
+from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL, make_cfg
 
 SNAPSHOTS: list[dict[str, torch.Tensor]] = []
 
@@ -108,10 +108,8 @@ def test_wandb_without_credentials_runs_offline(tmp_path, monkeypatch):
 
 def test_cli_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
-    out = subprocess.run(
-        [sys.executable, "-m", "lit_align", *FAST, *SMALL_MODEL, "trainer.max_steps=2", f"hydra.run.dir={run_dir}"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    overrides = [*FAST, *SMALL_MODEL, *SMALL_DATA, "trainer.max_steps=2", f"hydra.run.dir={run_dir}"]
+    out = subprocess.run([sys.executable, "-m", "lit_align", *overrides], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     for name in (
         ".hydra/config.yaml",

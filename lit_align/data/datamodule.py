@@ -104,8 +104,13 @@ class AlignDataModule(L.LightningDataModule):
             "data/prompt_truncated": sum(train["prompt_truncated"]),
             "data/response_truncated": sum(train["response_truncated"]),
         }
-        held_out = {name: raw[name].map(self._encode_prompt) for name in ("validation", "test")}
-        self.splits = {"train": train, **held_out}
+        self.splits = {"train": train}
+        for name in ("validation", "test"):
+            split = raw[name]
+            # Held-out rows with a gold answer are scored by generation; others (preference
+            # pairs, say) by the objective itself.
+            encode = self._encode_prompt if "answer" in split.column_names else self._encode_train
+            self.splits[name] = split.map(encode, remove_columns=split.column_names)
 
     def _encode_train(self, row: dict[str, Any]) -> dict[str, Any]:
         lengths = (self.max_prompt_length, self.max_length)
@@ -116,7 +121,8 @@ class AlignDataModule(L.LightningDataModule):
         return encode_group(self.tokenizer, row["prompt"], row["responses"], *lengths)
 
     def _encode_prompt(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {"prompt_ids": encode_prompt(self.tokenizer, row["prompt"], self.max_prompt_length)[0]}
+        ids = encode_prompt(self.tokenizer, row["prompt"], self.max_prompt_length)[0]
+        return {"prompt_ids": ids, "answer": row["answer"]}
 
     def add_reference_logps(self, score: Callable[[dict[str, Any]], torch.Tensor]) -> None:
         """Stores ``score(batch)`` of every training pair as a ``ref_logps`` column.
@@ -125,15 +131,17 @@ class AlignDataModule(L.LightningDataModule):
         rejected); it runs once here, so training keeps no reference model.
         """
         assert self.splits is not None and self.batch_format == "pairs", "pairs data, after setup()"
-        train = self.splits["train"]
         collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
-        values: list[list[float]] = []
-        for start in range(0, len(train), self.eval_batch_size):
-            rows = train.select(range(start, min(start + self.eval_batch_size, len(train))))
-            logps = score(collate(list(rows))).tolist()
-            half = len(logps) // 2
-            values.extend([c, r] for c, r in zip(logps[:half], logps[half:], strict=True))
-        self.splits["train"] = train.add_column("ref_logps", values)
+        for name, split in self.splits.items():
+            if "chosen_ids" not in split.column_names:
+                continue  # prompts scored by generation need no reference
+            values: list[list[float]] = []
+            for start in range(0, len(split), self.eval_batch_size):
+                rows = split.select(range(start, min(start + self.eval_batch_size, len(split))))
+                logps = score(collate(list(rows))).tolist()
+                half = len(logps) // 2
+                values.extend([c, r] for c, r in zip(logps[:half], logps[half:], strict=True))
+            self.splits[name] = split.add_column("ref_logps", values)
 
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -154,17 +162,20 @@ class AlignDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
-    def _prompt_loader(self, split: str) -> DataLoader:
+    def _held_out_loader(self, split: str) -> DataLoader:
+        """Prompt batches for generation, or, for rows without answers, lists of training-format
+        micro-batches that the module scores with the objective."""
         assert self.splits is not None, "call setup() first"
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.eval_batch_size,
-            collate_fn=partial(collate_prompts, pad_id=self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-        )
+        dataset = self.splits[split]
+        pad_id = self.tokenizer.pad_token_id
+        if "prompt_ids" in dataset.column_names:
+            collate = partial(collate_prompts, pad_id=pad_id)
+        else:
+            collate = StepCollator(partial(_COLLATE[self.batch_format], pad_id=pad_id), self.eval_batch_size)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, collate_fn=collate, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._prompt_loader("validation")
+        return self._held_out_loader("validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._prompt_loader("test")
+        return self._held_out_loader("test")

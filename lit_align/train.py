@@ -114,4 +114,6 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
         f"{summary['steps']} steps in {summary['wall_time_s']:.0f} s · "
         f"{summary['train_tokens_per_s']:.0f} train tokens/s · peak RSS {summary['peak_rss_mb']:.0f} MB"
     )
+    if summary["data"]:
+        console.print("data: " + ", ".join(f"{k.removeprefix('data/')}={v}" for k, v in summary["data"].items()))
     console.print(f"run dir: {out_dir}")

@@ -81,14 +81,7 @@ class AlignModule(L.LightningModule):
         start = time.perf_counter()
         optimizer = self.optimizers()
         normalizer = self._across_ranks(sum(self.objective.normalizer(micro) for micro in batch))
-        loss = torch.zeros((), device=self.device)
-        metrics: dict[str, list[Tensor]] = defaultdict(list)
-        for micro in batch:
-            out = self.objective_step(micro, normalizer)
-            self.manual_backward(out.loss)
-            loss += out.loss.detach()
-            for key, value in out.metrics.items():
-                metrics[key].append(value)
+        loss, metrics = self._over_micro_batches(batch, normalizer, backward=True)
         if self.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         lr = optimizer.param_groups[0]["lr"]
@@ -105,7 +98,23 @@ class AlignModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=rows)
         self.log("train/lr", lr, batch_size=rows)
         self.log("train/tokens_per_s", tokens / seconds, batch_size=rows)
-        self.log_dict({k: torch.stack(v).mean() for k, v in metrics.items()}, batch_size=rows)
+        self.log_dict(metrics, batch_size=rows)
+
+    def _over_micro_batches(
+        self, batch: list[Batch], normalizer: Tensor, backward: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The step loss (the sum of the micro-batch losses) and each metric's mean over the
+        micro-batches; with ``backward``, gradients accumulate micro-batch by micro-batch."""
+        loss = torch.zeros((), device=self.device)
+        metrics: dict[str, list[Tensor]] = defaultdict(list)
+        for micro in batch:
+            out = self.objective_step(micro, normalizer)
+            if backward:
+                self.manual_backward(out.loss)
+            loss += out.loss.detach()
+            for key, value in out.metrics.items():
+                metrics[key].append(value)
+        return loss, {key: torch.stack(values).mean() for key, values in metrics.items()}
 
     def objective_step(self, micro: Batch, normalizer: Tensor) -> ObjectiveOutput:
         """Runs the policy (and reference) over one micro-batch and applies the objective."""
@@ -166,17 +175,10 @@ class AlignModule(L.LightningModule):
         """The objective's loss and metrics on held-out training-format rows (e.g. pairs),
         logged as ``{stage}/loss``, ``{stage}/rewards/accuracies`` …"""
         normalizer = sum(self.objective.normalizer(micro) for micro in batch).float()
-        loss = torch.zeros((), device=self.device)
-        metrics: dict[str, list[Tensor]] = defaultdict(list)
-        for micro in batch:
-            out = self.objective_step(micro, normalizer)
-            loss += out.loss
-            for key, value in out.metrics.items():
-                metrics[key].append(value)
+        loss, metrics = self._over_micro_batches(batch, normalizer, backward=False)
         rows = int(normalizer.item())
         self.log(f"{stage}/loss", loss, batch_size=rows, sync_dist=True)
-        for key, values in metrics.items():
-            self.log(f"{stage}/{key}", torch.stack(values).mean(), batch_size=rows, sync_dist=True)
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=rows, sync_dist=True)
 
     def _evaluate(self, batch: Batch, metric: MeanMetric, name: str) -> None:
         """Greedy completions of held-out prompts, scored by the verifier.

@@ -106,8 +106,8 @@ def arith_splits(
     num_train: int = 20000,
     num_val: int = 200,
     num_test: int = 500,
-    digits: int = 2,
-    steps: int = 2,
+    digits: int = 1,
+    steps: int = 3,
     operations: str = "+-",
 ) -> DatasetDict:
     """Train/validation/test splits with columns ``question``, ``solution``, ``answer``.
@@ -176,8 +176,8 @@ class ArithDataModule(AlignDataModule):
         num_train: int = 20000,
         num_val: int = 200,
         num_test: int = 500,
-        digits: int = 2,
-        steps: int = 2,
+        digits: int = 1,
+        steps: int = 3,
         operations: str = "+-",
         group_size: int = 4,
         prompt_template: str = "{question}\n",

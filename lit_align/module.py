@@ -208,12 +208,14 @@ class AlignModule(L.LightningModule):
 
 @torch.no_grad()
 def sequence_logps(model: PreTrainedModel, batch: Batch) -> Tensor:
-    """``(rows,)`` summed log-probs of each row's response tokens, in eval mode."""
+    """``(rows,)`` summed log-probs of each row's response tokens, in eval mode, on the CPU."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
     logps = AlignModule._logps(model, batch)
     model.train(was_training)
-    return masked_sum(logps, batch["loss_mask"][:, 1:], dim=1)
+    return masked_sum(logps, batch["loss_mask"][:, 1:], dim=1).cpu()
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:

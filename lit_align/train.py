@@ -41,10 +41,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = instantiate(cfg.model.tokenizer)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, batch_format=objective.batch_format)
     policy = instantiate(cfg.model.policy, tokenizer=tokenizer)
-    if getattr(objective, "precompute_ref", False):
-        # The starting policy is the reference: score every pair once, keep no second model.
-        datamodule.setup("fit")
-        datamodule.add_reference_logps(partial(sequence_logps, policy))
     module = AlignModule(
         policy=policy,
         objective=objective,
@@ -58,6 +54,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=_instantiate_each(cfg.get("logger")), callbacks=_instantiate_each(cfg.get("callbacks"))
     )
+    if getattr(objective, "precompute_ref", False):
+        # The starting policy is the reference: score every pair once, on the device it will
+        # train on, and keep no second model.
+        datamodule.setup("fit")
+        datamodule.add_reference_logps(partial(sequence_logps, policy.to(trainer.strategy.root_device)))
 
     start: dict[str, float] = {}
     if cfg.eval.before_train:

@@ -208,7 +208,8 @@ class AlignModule(L.LightningModule):
 
 @torch.no_grad()
 def sequence_logps(model: PreTrainedModel, batch: Batch) -> Tensor:
-    """``(rows,)`` summed log-probs of each row's response tokens, in eval mode, on the CPU."""
+    """``(rows,)`` summed log-probs of each row's response tokens, computed in eval mode on the
+    model's device and returned on the CPU."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

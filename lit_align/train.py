@@ -25,8 +25,8 @@ from lit_align.module import AlignModule, sequence_logps
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Builds everything from ``cfg``, evaluates, fits, tests, exports; returns the summary.
 
-    Order matters: the config is checked and the data built before any model, so a bad value
-    fails in seconds.
+    Order matters: the config is checked and the datamodule constructed (which checks its own
+    arguments) before any model is built, so a bad value fails in seconds.
     """
     started = time.perf_counter()
     validate(cfg)

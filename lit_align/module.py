@@ -16,8 +16,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_align.models.forward import forward_logps
 from lit_align.objectives.base import Objective, ObjectiveOutput
-from lit_align.objectives.logps import shifted_logps
 from lit_align.objectives.reduce import masked_sum
 from lit_align.rewards.math import exact_match
 from lit_align.rollout.generate import generate_completions
@@ -127,8 +127,7 @@ class AlignModule(L.LightningModule):
 
     @staticmethod
     def _logps(model: PreTrainedModel, micro: Batch) -> Tensor:
-        logits = model(input_ids=micro["input_ids"], attention_mask=micro["attention_mask"], use_cache=False).logits
-        return shifted_logps(logits, micro["input_ids"])
+        return forward_logps(model, micro["input_ids"], micro["attention_mask"])
 
     def _across_ranks(self, count: Tensor) -> Tensor:
         """The step's normalizer per rank: the global count divided by the world size.

@@ -1,0 +1,103 @@
+"""Sampling k completions per prompt from the current policy, with the log-probs objectives need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_align.models.forward import forward_logps
+
+
+@dataclass
+class Rollout:
+    """``N = prompts × num_samples`` sequences: a left-padded prompt then its completion.
+
+    Attributes:
+        prompt_index: ``(N,)`` which prompt of the batch each sequence continues; the samples
+            of one prompt are adjacent.
+        input_ids: ``(N, L)`` prompt and completion ids; after the first eos, padding.
+        attention_mask: ``(N, L)`` 1 on prompt and completion tokens up to and including eos.
+        response_mask: ``(N, L)`` 1 on completion tokens up to and including eos.
+        truncated: ``(N,)`` true where no eos came within ``max_new_tokens``.
+        logps: ``(N, L - 1)`` the sampling policy's log-prob of each next token, from the
+            training forward (not generate's scores), 0 where ``response_mask[:, 1:]`` is 0.
+        completions: ``N`` decoded completions, special tokens removed.
+    """
+
+    prompt_index: Tensor
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    truncated: Tensor
+    logps: Tensor
+    completions: list[str]
+
+
+class Sampler:
+    """Generates ``num_samples`` completions per prompt in-process: no_grad, eval mode, left
+    padding and the KV cache, stopping at eos.
+
+    Args:
+        num_samples: completions per prompt (k).
+        max_new_tokens: completion budget.
+        temperature, top_p, top_k: sampling settings (``top_k=0`` disables top-k).
+        seed: seeds sampling without touching the global RNG stream; ``None`` uses it as is.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 4,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+    ) -> None:
+        if num_samples < 1 or max_new_tokens < 1:
+            raise ValueError(f"num_samples and max_new_tokens must be >= 1, got {num_samples}, {max_new_tokens}")
+        if temperature <= 0 or not 0 < top_p <= 1:
+            raise ValueError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
+        self.num_samples, self.max_new_tokens = num_samples, max_new_tokens
+        self.temperature, self.top_p, self.top_k, self.seed = temperature, top_p, top_k, seed
+
+    @torch.no_grad()
+    def __call__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: Tensor, prompt_mask: Tensor
+    ) -> Rollout:
+        """Samples from ``prompt_ids``/``prompt_mask`` ``(prompts, P)``, left-padded."""
+        was_training = model.training
+        model.eval()
+        prompt_ids = prompt_ids.repeat_interleave(self.num_samples, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(self.num_samples, dim=0)
+        devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=self.seed is not None):
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            sequences = model.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=self.max_new_tokens,
+                do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+            )  # fmt: skip
+        completion = sequences[:, prompt_ids.shape[1] :]
+        # Keep tokens up to and including the first eos (pad may equal eos, so ids cannot tell).
+        is_eos = completion == tokenizer.eos_token_id
+        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+        keep = (~after_eos).long()
+        completion = torch.where(keep.bool(), completion, tokenizer.pad_token_id)
+        input_ids = torch.cat([prompt_ids, completion], dim=1)
+        attention_mask = torch.cat([prompt_mask, keep], dim=1)
+        response_mask = torch.cat([torch.zeros_like(prompt_mask), keep], dim=1)
+        logps = forward_logps(model, input_ids, attention_mask) * response_mask[:, 1:]
+        model.train(was_training)
+        return Rollout(
+            prompt_index=torch.arange(len(input_ids), device=input_ids.device) // self.num_samples,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            response_mask=response_mask,
+            truncated=~is_eos.any(dim=-1),
+            logps=logps,
+            completions=tokenizer.batch_decode(completion, skip_special_tokens=True),
+        )

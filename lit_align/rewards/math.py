@@ -9,6 +9,10 @@ are compared after removing thousands separators, currency signs and trailing ze
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
+
+from math_verify import parse, verify
 
 _FINAL = re.compile(r"####\s*([^\n]*)")
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -50,3 +54,45 @@ def exact_match(completion: str, answer: str) -> float | None:
     if gold is None:
         return None
     return float(extract_answer(completion) == gold)
+
+
+_BOXED = re.compile(r"\\boxed\{")
+_ANSWER_IS = re.compile(r"answer(?: is)?\s*[:=]?\s*([^\n]+)", re.IGNORECASE)
+
+
+def final_answer_text(completion: str) -> str:
+    """The part of a completion that states its final answer, by precedence: GSM8K's ``#### x``
+    line, then ``\\boxed{x}`` (left for math-verify to read), then "answer (is) x", else all."""
+    final = _FINAL.search(completion)
+    if final is not None:
+        return final.group(1)
+    if _BOXED.search(completion):
+        return completion
+    phrase = _ANSWER_IS.findall(completion)
+    return phrase[-1] if phrase else completion
+
+
+class MathReward:
+    """``reward=math``: 1.0 when the completion's final answer equals the gold ``answer``.
+
+    Equality is symbolic through math-verify (HuggingFace's verifier, built on sympy), so
+    ``1,000`` = ``1000``, ``$5.00`` = ``5``, ``0.75`` = ``3/4`` and ``\\boxed{\\frac{1}{2}}`` = ``0.5``:
+    a well-kept parser of LaTeX and plain expressions instead of hand-written rules. GSM8K's
+    ``#### x`` line takes precedence over numbers written after it. ``None`` when the gold
+    answer cannot be parsed; an empty or unparsable completion scores 0.0.
+    """
+
+    name = "math"
+
+    def __call__(
+        self, prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any
+    ) -> list[float | None]:
+        scores: list[float | None] = []
+        for completion, gold_text in zip(completions, answer, strict=True):
+            gold = parse(str(gold_text)) if gold_text is not None else []
+            if not gold:
+                scores.append(None)
+                continue
+            predicted = parse(final_answer_text(completion))
+            scores.append(float(bool(predicted) and verify(gold, predicted)))
+        return scores

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from lit_align.rewards.base import score
+from lit_align.rewards.composite import CompositeReward, FormatReward
+from lit_align.rewards.math import MathReward
+from lit_align.rewards.model import ModelReward
+
+
+@pytest.mark.parametrize(
+    "completion,gold,expected",
+    [
+        ("3+4=7\n7-2=5\n#### 5", "5", 1.0),
+        ("#### 1,000", "1000", 1.0),  # thousands separator
+        ("#### 1000", "1,000", 1.0),
+        ("so the total is $5.00", "5", 1.0),  # currency and trailing zeros
+        ("the answer is 0.75", "3/4", 1.0),  # fraction vs decimal
+        ("We get \\boxed{\\frac{1}{2}}.", "0.5", 1.0),  # LaTeX
+        ("answer: 2*6", "12", 1.0),  # a simple expression
+        ("#### 8\nthen 9 more words", "8", 1.0),  # the #### line beats later numbers
+        ("#### 8\nthen 9 more words", "9", 0.0),
+        ("#### -3", "-3", 1.0),
+        ("#### 7", "8", 0.0),
+        ("", "5", 0.0),  # empty: scored, wrong
+        ("no numbers here", "5", 0.0),
+        ("#### 5", "n/a", None),  # gold cannot be parsed: unscorable
+        ("#### 5", None, None),
+    ],
+)
+def test_math_reward_table(completion, gold, expected):
+    assert MathReward()(["q"], [completion], answer=[gold]) == [expected]
+
+
+def test_score_turns_nan_into_none_and_checks_lengths():
+    assert score(lambda p, c, **_: [1.0, float("nan")], ["a", "b"], ["x", "y"]) == [1.0, None]
+    with pytest.raises(RuntimeError, match="returned 1 scores for 2 samples"):
+        score(lambda p, c, **_: [1.0], ["a", "b"], ["x", "y"])
+
+
+def test_a_failing_reward_is_named_with_its_sample():
+    def picky(prompts, completions, **_):
+        return [1.0 / len(c) for c in completions]  # an empty completion divides by zero
+
+    with pytest.raises(RuntimeError, match=r"reward 'picky' failed on sample 2 \(completion ''\)"):
+        score(picky, ["p"] * 3, ["ab", "c", ""])
+
+
+def test_composite_weights_and_unscorable_parts():
+    reward = CompositeReward({"math": MathReward(), "format": FormatReward()}, {"math": 1.0, "format": 0.2})
+    completions = ["1+1=2\n#### 2", "the answer is 2", "#### 3", "#### 2"]
+    assert reward(["q"] * 4, completions, answer=["2", "2", "2", None]) == [1.2, 1.0, 0.2, None]
+    with pytest.raises(ValueError, match="weights must name exactly"):
+        CompositeReward({"math": MathReward()}, {"format": 1.0})
+
+
+def test_model_reward_scores_prompt_plus_completion_in_batches(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=0)  # fmt: skip
+    model = LlamaForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    prompts, completions = ["2+2=?\n"] * 3, ["#### 4", "#### 5", "a much longer wrong answer: #### 7"]
+    one, four = ModelReward(str(tmp_path), batch_size=1), ModelReward(str(tmp_path), batch_size=4)
+    scores = one(prompts, completions)
+    assert len(scores) == 3 and all(math.isfinite(s) for s in scores) and len(set(scores)) == 3
+    assert four(prompts, completions) == pytest.approx(scores, abs=1e-5)  # padding does not change a score
+    with torch.no_grad():
+        direct = model(**tokenizer(prompts[1] + completions[1], return_tensors="pt")).logits[0, 0].item()
+    assert scores[1] == pytest.approx(direct, abs=1e-5)

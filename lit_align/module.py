@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_align.models.forward import forward_logps
+from lit_align.models.forward import eval_mode, forward_logps
 from lit_align.objectives.base import Objective, ObjectiveOutput
 from lit_align.objectives.reduce import masked_sum
 from lit_align.rewards.math import exact_match
@@ -118,16 +118,12 @@ class AlignModule(L.LightningModule):
 
     def objective_step(self, micro: Batch, normalizer: Tensor) -> ObjectiveOutput:
         """Runs the policy (and reference) over one micro-batch and applies the objective."""
-        logps = self._logps(self.policy, micro)
+        logps = forward_logps(self.policy, micro["input_ids"], micro["attention_mask"])
         ref_logps = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logps = self._logps(self.reference, micro)
+                ref_logps = forward_logps(self.reference, micro["input_ids"], micro["attention_mask"])
         return self.objective(micro, logps, ref_logps, normalizer)
-
-    @staticmethod
-    def _logps(model: PreTrainedModel, micro: Batch) -> Tensor:
-        return forward_logps(model, micro["input_ids"], micro["attention_mask"])
 
     def _across_ranks(self, count: Tensor) -> Tensor:
         """The step's normalizer per rank: the global count divided by the world size.
@@ -150,25 +146,23 @@ class AlignModule(L.LightningModule):
     def train(self, mode: bool = True) -> AlignModule:
         super().train(mode)
         if self.reference is not None:
-            self.reference.eval()  # Lightning calls .train() on the whole module at fit start
+            self.reference.eval()  # whoever switches the module to train mode, never the reference
         return self
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def validation_step(self, batch: Batch | list[Batch], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, list[str]] | None:
         if isinstance(batch, list):
-            self._evaluate_objective(batch, "val")
-        else:
-            self._evaluate(batch, self.val_accuracy, "val/accuracy")
+            return self._evaluate_objective(batch, "val")
+        return self._evaluate(batch, self.val_accuracy, "val/accuracy")
 
     def on_validation_epoch_end(self) -> None:
         self.validated_at_step = self.trainer.global_step
 
-    def test_step(self, batch: Batch | list[Batch], batch_idx: int) -> None:
+    def test_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, list[str]] | None:
         if isinstance(batch, list):
-            self._evaluate_objective(batch, "test")
-        else:
-            self._evaluate(batch, self.test_accuracy, "test/accuracy")
+            return self._evaluate_objective(batch, "test")
+        return self._evaluate(batch, self.test_accuracy, "test/accuracy")
 
     def _evaluate_objective(self, batch: list[Batch], stage: str) -> None:
         """The objective's loss and metrics on held-out training-format rows (e.g. pairs),
@@ -179,8 +173,9 @@ class AlignModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, batch_size=rows, sync_dist=True)
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=rows, sync_dist=True)
 
-    def _evaluate(self, batch: Batch, metric: MeanMetric, name: str) -> None:
-        """Greedy completions of held-out prompts, scored by the verifier.
+    def _evaluate(self, batch: Batch, metric: MeanMetric, name: str) -> dict[str, list[str]]:
+        """Greedy completions of held-out prompts, scored by the verifier; returned as
+        ``{"completions": [...]}`` for callbacks (best-of-N compares against them).
 
         Rows the verifier cannot judge (``None``) are left out of the accuracy.
         """
@@ -192,6 +187,7 @@ class AlignModule(L.LightningModule):
         if scored:
             metric.update(torch.tensor(scored, device=self.device))
         self.log(name, metric, batch_size=max(len(scored), 1))
+        return {"completions": texts}
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -209,12 +205,10 @@ class AlignModule(L.LightningModule):
 def sequence_logps(model: PreTrainedModel, batch: Batch) -> Tensor:
     """``(rows,)`` summed log-probs of each row's response tokens, computed in eval mode on the
     model's device and returned on the CPU."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-    logps = AlignModule._logps(model, batch)
-    model.train(was_training)
+    with eval_mode(model):
+        logps = forward_logps(model, batch["input_ids"], batch["attention_mask"])
     return masked_sum(logps, batch["loss_mask"][:, 1:], dim=1).cpu()
 
 

@@ -54,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=_instantiate_each(cfg.get("logger")), callbacks=_instantiate_each(cfg.get("callbacks"))
     )
-    if getattr(objective, "precompute_ref", False):
+    if objective.precompute_ref:
         # The starting policy is the reference: score every pair once, on the device it will
         # train on, and keep no second model.
         datamodule.setup("fit")

@@ -12,6 +12,7 @@ from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
 from lit_align.data.collate import StepCollator, collate_sft, encode_prompt_response
+from lit_align.models.forward import forward_logps
 from lit_align.module import AlignModule
 from lit_align.objectives.base import ObjectiveOutput
 from lit_align.objectives.reduce import masked_sum, normalize
@@ -61,7 +62,7 @@ def test_reported_loss_is_the_token_mean_of_the_step(tokenizer, tiny_model):
     trainer = _fit_one_step(module, rows, micro_batch_size=3)
     batch = collate_sft(rows, pad_id=0)
     with torch.no_grad():
-        logps = AlignModule._logps(tiny_model, batch)
+        logps = forward_logps(tiny_model, batch["input_ids"], batch["attention_mask"])
     mask = batch["loss_mask"][:, 1:]
     assert_close(trainer.callback_metrics["train/loss"], -masked_sum(logps, mask) / mask.sum())
 

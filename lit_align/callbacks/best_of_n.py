@@ -7,11 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-import torch
 
 from lit_align.rewards.base import score
 from lit_align.rewards.math import extract_answer
-from lit_align.rollout.generate import generate_completions
 from lit_align.rollout.sampler import Sampler
 
 
@@ -58,36 +56,35 @@ class BestOfN(L.Callback):
             raise ValueError(f"scorer must be 'policy', a reward callable or None, got {scorer!r}")
         self.n = num_samples
         self.sampler = Sampler(num_samples, max_new_tokens, temperature, top_p, top_k, seed)
-        self.max_new_tokens = max_new_tokens
         self.scorer = scorer
 
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        tokenizer = pl_module.tokenizer
-        totals: Counter[str] = Counter()
-        for batch in datamodule.test_dataloader():
-            if not isinstance(batch, dict):  # held-out rows without answers: nothing to judge
-                return
-            ids, mask = batch["prompt_ids"].to(pl_module.device), batch["prompt_mask"].to(pl_module.device)
-            for key, value in self._judge(pl_module, tokenizer, datamodule.verify, ids, mask, batch["answer"]).items():
-                totals[key] += value
-        keys = ["greedy_accuracy", f"pass@{self.n}", f"maj@{self.n}"] + ([f"bon@{self.n}"] if self.scorer else [])
-        for key in keys if totals["prompts"] else []:
-            pl_module.log(f"eval/{key}", totals[key] / totals["prompts"])
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.totals: Counter[str] = Counter()
 
-    @torch.no_grad()
-    def _judge(self, pl_module: Any, tokenizer: Any, verify: Callable, ids, mask, answers: list[str]) -> Counter[str]:
-        was_training = pl_module.policy.training
-        pl_module.policy.eval()
-        _, greedy = generate_completions(pl_module.policy, tokenizer, ids, mask, self.max_new_tokens)
-        rollout = self.sampler(pl_module.policy, tokenizer, ids, mask)
-        pl_module.policy.train(was_training)
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        """Samples for the prompts of this test batch; the greedy completions are the ones the
+        module's ``test_step`` just generated (``outputs["completions"]``), not a second pass."""
+        if not isinstance(outputs, dict) or "completions" not in outputs:
+            return  # held-out rows without answers: nothing to judge
+        self.totals += self._judge(pl_module, trainer.datamodule.verify, batch, outputs["completions"])
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        keys = ["greedy_accuracy", f"pass@{self.n}", f"maj@{self.n}"] + ([f"bon@{self.n}"] if self.scorer else [])
+        for key in keys if self.totals["prompts"] else []:
+            pl_module.log(f"eval/{key}", self.totals[key] / self.totals["prompts"])
+
+    def _judge(self, pl_module: Any, verify: Callable, batch: dict[str, Any], greedy: list[str]) -> Counter[str]:
+        tokenizer, answers = pl_module.tokenizer, batch["answer"]
+        rollout = self.sampler(pl_module.policy, tokenizer, batch["prompt_ids"], batch["prompt_mask"])
         texts = rollout.completions
         if self.scorer == "policy":  # mean log-prob per completion token
             lengths = rollout.response_mask[:, 1:].sum(-1).clamp(min=1)
             ranking = (rollout.logps.sum(-1) / lengths).tolist()
         elif self.scorer is not None:
-            prompts = tokenizer.batch_decode(ids.repeat_interleave(self.n, 0), skip_special_tokens=True)
+            prompts = tokenizer.batch_decode(batch["prompt_ids"].repeat_interleave(self.n, 0), skip_special_tokens=True)
             ranking = score(self.scorer, prompts, texts, answer=[a for a in answers for _ in range(self.n)])
         out: Counter[str] = Counter()
         for p, answer in enumerate(answers):

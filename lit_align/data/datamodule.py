@@ -35,7 +35,9 @@ _COLLATE = {"sft": collate_sft, "pairs": collate_pairs, "groups": collate_groups
 
 
 class AlignDataModule(L.LightningDataModule):
-    """Training rows in ``batch_format``; ``validation``/``test`` rows are ``prompt``/``answer``.
+    """Training rows in ``batch_format``. Held-out (``validation``/``test``) rows with an
+    ``answer`` become prompts scored by generation; rows without one (preference pairs, say) are
+    built like training rows and scored by the objective.
 
     Subclasses supply the raw splits in ``build_splits`` and may override ``verify``, the check
     of a generated completion against a row's gold answer.
@@ -87,7 +89,7 @@ class AlignDataModule(L.LightningDataModule):
 
     def build_splits(self) -> DatasetDict:
         """``train`` in ``self.batch_format``'s row schema; ``validation`` and ``test`` with
-        ``prompt`` and ``answer``."""
+        ``prompt`` and ``answer``, or in the training schema when there are no gold answers."""
         raise NotImplementedError
 
     def verify(self, completion: str, answer: str) -> float | None:

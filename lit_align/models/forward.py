@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import Tensor
 from transformers import PreTrainedModel
 
@@ -21,3 +24,14 @@ def forward_logps(model: PreTrainedModel, input_ids: Tensor, attention_mask: Ten
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).logits
     return shifted_logps(logits, input_ids)
+
+
+@contextmanager
+def eval_mode(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+    """``model`` in eval mode (no dropout) for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -28,6 +28,9 @@ class Objective(nn.Module):
     """
 
     needs_reference: bool = False
+    # The reference log-probs come with the batch (``ref_logps``), computed once by `train`
+    # with the starting policy before training, instead of from a reference model.
+    precompute_ref: bool = False
     # The training rows it consumes: "sft" (prompt, response), "pairs" or "groups"
     # (see `lit_align.data.datamodule`).
     batch_format: str = "sft"

@@ -20,7 +20,7 @@ class FormatReward:
 
 
 class CompositeReward:
-    """``reward=composite``: Σ_name weight[name] · reward[name], per sample.
+    """A weighted sum of rewards: Σ_name weight[name] · reward[name], per sample.
 
     A sample that any part cannot score (``None``) is unscorable as a whole: a partial sum
     would silently change the reward's scale.

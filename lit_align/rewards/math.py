@@ -1,9 +1,12 @@
-"""Final-answer extraction and exact-match verification for math word problems.
+"""Final-answer extraction and verification for math word problems, in two strengths.
 
-The built-in arithmetic task and GSM8K both end a solution with ``#### <answer>``; free-form
-completions may instead end in a sentence, so extraction falls back to the last number. Numbers
-are compared after removing thousands separators, currency signs and trailing zeros, so
-``1,000``, ``$1000`` and ``1000.00`` all match ``1000``.
+- `exact_match` (evaluation's `val/accuracy`): the ``#### <answer>`` line that the built-in task
+  and GSM8K end with, else the last number, compared as plain numbers after removing thousands
+  separators, currency signs and trailing zeros (``1,000`` = ``$1000`` = ``1000.00``). Fast and
+  exact for integer answers.
+- `MathReward` (the correctness reward): the same ``####`` precedence, then symbolic equality through
+  math-verify, so it also accepts ``0.75`` for ``3/4`` or ``\\boxed{\\frac12}`` for ``0.5``,
+  which `exact_match` scores wrong. Both agree on the built-in task's integer answers.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def final_answer_text(completion: str) -> str:
 
 
 class MathReward:
-    """``reward=math``: 1.0 when the completion's final answer equals the gold ``answer``.
+    """The correctness reward: 1.0 when the completion's final answer equals the gold ``answer``.
 
     Equality is symbolic through math-verify (HuggingFace's verifier, built on sympy), so
     ``1,000`` = ``1000``, ``$5.00`` = ``5``, ``0.75`` = ``3/4`` and ``\\boxed{\\frac{1}{2}}`` = ``0.5``:

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 
 class ModelReward:
-    """``reward=model``: the score head's output for prompt + completion, in batches.
+    """A trained reward model's score for prompt + completion (its score head), in batches.
 
     Args:
         name_or_path: a Hub id (e.g. a DeBERTa reward model) or a local directory.

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_align.models.forward import forward_logps
+from lit_align.models.forward import eval_mode, forward_logps
 
 
 @dataclass
@@ -68,8 +68,12 @@ class Sampler:
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: Tensor, prompt_mask: Tensor
     ) -> Rollout:
         """Samples from ``prompt_ids``/``prompt_mask`` ``(prompts, P)``, left-padded."""
-        was_training = model.training
-        model.eval()
+        with eval_mode(model):
+            return self._sample(model, tokenizer, prompt_ids, prompt_mask)
+
+    def _sample(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: Tensor, prompt_mask: Tensor
+    ) -> Rollout:
         prompt_ids = prompt_ids.repeat_interleave(self.num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(self.num_samples, dim=0)
         devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
@@ -91,7 +95,6 @@ class Sampler:
         attention_mask = torch.cat([prompt_mask, keep], dim=1)
         response_mask = torch.cat([torch.zeros_like(prompt_mask), keep], dim=1)
         logps = forward_logps(model, input_ids, attention_mask) * response_mask[:, 1:]
-        model.train(was_training)
         return Rollout(
             prompt_index=torch.arange(len(input_ids), device=input_ids.device) // self.num_samples,
             input_ids=input_ids,

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import resource
 import time
 import warnings
 from functools import partial
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import datasets
 import lightning as L
+import torch
+import transformers
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from lit_align.config import validate
+from lit_align.config import ConfigError, validate
 from lit_align.module import AlignModule, sequence_logps
 
 
@@ -30,7 +36,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     validate(cfg)
+    init = None
+    if cfg.get("init") and not cfg.model.get("name_or_path"):
+        init = _sft_start(cfg)
+        cfg = copy.deepcopy(cfg)
+        cfg.model.name_or_path = init["model"]
     datasets.disable_progress_bars()  # the trainer's progress bar is the run's one display
+    transformers.utils.logging.disable_progress_bar()
     # The run dir already holds Hydra's .hydra/; the CSV logger only writes metrics.csv beside it.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     out_dir = Path(cfg.paths.output_dir)
@@ -51,9 +63,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         max_new_tokens=cfg.eval.max_new_tokens,
         verifier=datamodule.verify,
     )
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=_instantiate_each(cfg.get("logger")), callbacks=_instantiate_each(cfg.get("callbacks"))
-    )
+    callbacks = _instantiate_each(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the configured bar
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.get("rollout"):  # online sampling: the training rows come from the policy, scored by the reward
+        callbacks.append(instantiate(cfg.rollout, reward=instantiate(cfg.reward)))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_each(cfg.get("logger")), callbacks=callbacks)
     if objective.precompute_ref:
         # The starting policy is the reference: score every pair once, on the device it will
         # train on, and keep no second model.
@@ -72,6 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "objective": type(objective).__name__.lower(),
         "seed": cfg.seed,
+        "init": init,
         "start": start,
         "final": final,
         "steps": trainer.global_step,
@@ -86,6 +102,47 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, out_dir)
     return summary
+
+
+def _sft_start(cfg: DictConfig) -> dict[str, Any]:
+    """Stage 1 of a pipeline (``init=sft``): fine-tunes the configured model with SFT on the
+    configured data, or reuses the result of an earlier run with the same settings.
+
+    The stage is this run's config with ``init``'s objective, steps, learning rate and batch
+    size, and without online sampling or lit_align's own callbacks; for the default model and
+    data it is exactly the default SFT run. Its run directory is
+    ``init.cache_dir/sft-<hash>``, the hash taken over everything that decides its weights; a
+    directory with a ``summary.json`` is complete and reused.
+    """
+    if "name_or_path" not in cfg.model:
+        raise ConfigError("init=sft needs a model config with a name_or_path key to load the SFT model from")
+    stage = copy.deepcopy(cfg)
+    with open_dict(stage):
+        stage.objective = cfg.init.objective
+        stage.trainer.max_steps = cfg.init.max_steps
+        stage.optimizer.lr = cfg.init.lr
+        stage.data.batch_size = cfg.init.batch_size
+        stage.init = stage.rollout = None
+        stage.callbacks = {
+            name: node for name, node in (cfg.get("callbacks") or {}).items()
+            if not str(node.get("_target_", "")).startswith("lit_align.")
+        }  # fmt: skip
+    weights = {key: stage.get(key) for key in ("seed", "model", "data", "objective", "optimizer", "scheduler")}
+    weights |= {"grad_clip": stage.grad_clip, "max_steps": stage.trainer.max_steps,
+                "precision": stage.trainer.precision, "lit_align": version("lit_align")}  # fmt: skip
+    blob = json.dumps(OmegaConf.to_container(OmegaConf.create(weights), resolve=True), sort_keys=True)
+    out_dir = Path(cfg.init.cache_dir).expanduser() / f"sft-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    stage.paths.output_dir = str(out_dir)
+    console = Console()
+    if (out_dir / "summary.json").is_file() and (out_dir / "model").is_dir():
+        console.print(f"init: reusing the SFT model in {out_dir} (same settings; delete it to retrain)")
+        summary, reused = json.loads((out_dir / "summary.json").read_text()), True
+    else:
+        console.print(f"init: stage 1, SFT for {stage.trainer.max_steps} steps into {out_dir}")
+        summary, reused = train(stage), False
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # rank 0 writes the model the other ranks are about to load
+    return {"stage": "sft", "model": str(out_dir / "model"), "reused": reused, "final": summary["final"]}
 
 
 def _instantiate_each(group: DictConfig | None) -> list[Any]:
@@ -106,7 +163,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     table.add_column("start", justify="right")
     table.add_column("final", justify="right")
     for key in sorted(set(summary["start"]) | set(summary["final"])):
-        if key.split("/")[0] in ("val", "test", "train", "eval") and key != "train/lr":
+        if key.split("/")[0] in ("val", "test", "train", "eval", "rollout") and key != "train/lr":
             before, after = summary["start"].get(key), summary["final"].get(key)
             table.add_row(key, "" if before is None else f"{before:.4f}", "" if after is None else f"{after:.4f}")
     console = Console()
@@ -115,6 +172,9 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
         f"{summary['steps']} steps in {summary['wall_time_s']:.0f} s · "
         f"{summary['train_tokens_per_s']:.0f} train tokens/s · peak RSS {summary['peak_rss_mb']:.0f} MB"
     )
+    if summary["init"]:
+        init = summary["init"]
+        console.print(f"start: the {init['stage']} model {init['model']}{' (reused)' if init['reused'] else ''}")
     if summary["data"]:
         console.print("data: " + ", ".join(f"{k.removeprefix('data/')}={v}" for k, v in summary["data"].items()))
     console.print(f"run dir: {out_dir}")

@@ -16,7 +16,7 @@ from tests.conftest import make_cfg
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
-RUNTIME_ARGS = {"tokenizer", "logger", "callbacks"}  # passed by train(), not by the config
+RUNTIME_ARGS = {"tokenizer", "logger", "callbacks", "reward"}  # passed by train(), not by the config
 
 
 def _targets(node, path=""):
@@ -29,7 +29,7 @@ def _targets(node, path=""):
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_binds(tmp_path, group, option):
-    extra = ["model.name_or_path=/some/dir"] if (group, option) == ("model", "hf") else []
+    extra = [f"{group}.name_or_path=/some/dir"] if (group, option) in {("model", "hf"), ("reward", "model")} else []
     cfg = make_cfg(tmp_path, f"{group}={option}", *extra, fast=False)
     OmegaConf.resolve(cfg)
     for path, node in _targets(cfg):

@@ -29,7 +29,7 @@ def test_preference_text_rows_and_bad_rows(tokenizer, tmp_path):
     rows = [*PAIRS, {"prompt": "x", "chosen": "  ", "rejected": "#### 1"}]
     dm = PreferenceDataModule(tokenizer, source=_jsonl(tmp_path / "p.jsonl", rows), batch_format="pairs",
                               num_val=2, num_test=2, batch_size=2)  # fmt: skip
-    dm.setup()
+    dm.train_split()  # the training split is encoded when first needed
     assert dm.stats["data/dropped_rows"] == 1 and dm.stats["data/train_rows"] == 4
     assert "chosen_ids" in dm.splits["validation"].column_names  # held-out pairs, scored by the objective
     micro = next(iter(dm.val_dataloader()))[0]
@@ -46,9 +46,9 @@ def test_preference_text_rows_and_bad_rows(tokenizer, tmp_path):
 def test_preference_parquet_and_sft_on_chosen(tokenizer, tmp_path):
     Dataset.from_list(PAIRS).to_parquet(tmp_path / "p.parquet")
     dm = PreferenceDataModule(tokenizer, source=str(tmp_path / "p.parquet"), batch_format="sft", num_val=1, num_test=1)
-    dm.setup()
+    dm.train_split()
     assert dm.stats["data/train_rows"] == 6
-    row = dm.splits["train"][0]
+    row = dm.train_split()[0]
     assert tokenizer.decode(row["input_ids"][row["prompt_len"] :], skip_special_tokens=True) == "#### 3"
 
 
@@ -63,7 +63,7 @@ def test_conversational_pairs_train_only_the_assistant_turn(tokenizer, tmp_path)
     dm = PreferenceDataModule(tokenizer, source=_jsonl(tmp_path / "chat.jsonl", rows), batch_format="pairs",
                               num_val=1, num_test=1)  # fmt: skip
     dm.setup()
-    row = dm.splits["train"][0]
+    row = dm.train_split()[0]
     assert tokenizer.decode(row["chosen_ids"][row["prompt_len"] :], skip_special_tokens=True) == "4\n"
     with pytest.raises(ValueError, match="chat template"):
         render_chat(tokenizer.__class__.from_pretrained(tmp_path / "tok"), rows[0]["chosen"])
@@ -85,7 +85,7 @@ RANKED = [
 def test_cot_ranking_rows(tokenizer, tmp_path):
     dm = CotRankingDataModule(tokenizer, source=_jsonl(tmp_path / "r.jsonl", RANKED), batch_format="groups",
                               num_val=1, num_test=1, batch_size=2)  # fmt: skip
-    dm.setup()
+    dm.train_split()
     assert dm.stats["data/empty_responses"] == 6 and dm.stats["data/train_rows"] == 4
     micro = next(iter(dm.train_dataloader()))[0]
     assert micro["num_groups"] == 2 and micro["input_ids"].shape[0] == 8  # 3 responses + the reference, twice
@@ -97,7 +97,7 @@ def test_cot_ranking_rows(tokenizer, tmp_path):
     dm = CotRankingDataModule(tokenizer, source=_jsonl(tmp_path / "b.jsonl", binary), batch_format="groups",
                               num_val=1, num_test=1)  # fmt: skip
     dm.setup()
-    assert dm.splits["train"][0]["rank"] == [0, 1]
+    assert dm.train_split()[0]["rank"] == [0, 1]
 
     bad = [{"question": "q", "responses": [{"text": "a"}]}]
     with pytest.raises(ValueError, match=r"row 0: response 0 needs 'text' and 'correct' or 'rank'"):
@@ -116,7 +116,8 @@ def test_dpo_on_a_preference_file_end_to_end(tmp_path):
 
 def test_aft_on_a_ranking_file_end_to_end(tmp_path):
     source = _jsonl(tmp_path / "r.jsonl", RANKED * 2)
-    summary = train(make_cfg(tmp_path / "run", "objective=aft", "objective.feedback=ranking", "data=cot_ranking",
+    summary = train(make_cfg(tmp_path / "run", "objective=aft", "rollout=none", "init=none",
+                             "objective.feedback=ranking", "data=cot_ranking",
                              f"data.source={source}", "data.num_val=2", "data.num_test=2", "data.batch_size=2",
                              "trainer.max_steps=3"))  # fmt: skip
     assert "val/accuracy" in summary["start"] and "aft/pair_accuracy" in summary["final"]

@@ -122,13 +122,17 @@ def test_cli_writes_the_run_directory(tmp_path):
     assert "test/accuracy" in out.stdout and "run dir:" in out.stdout
 
 
+# AFT on the data's own ranked chains, without the SFT stage and online sampling.
+OFFLINE = ["rollout=none", "init=none", "callbacks=default"]
+
+
 @pytest.mark.parametrize(
     "overrides,metric",
     [
         (["objective=dpo"], "rewards/accuracies"),
         (["objective=dpo", "objective.loss_type=ipo"], "rewards/margins"),
-        (["objective=aft"], "aft/pair_accuracy"),
-        (["objective=aft", "objective.feedback=ranking", "objective.constraint=detach"], "aft/pair_accuracy"),
+        (["objective=aft", *OFFLINE], "aft/pair_accuracy"),
+        (["objective=aft", *OFFLINE, "objective.feedback=ranking", "objective.constraint=detach"], "aft/pair_accuracy"),
     ],
 )
 def test_preference_objectives_end_to_end(tmp_path, overrides, metric):

@@ -192,9 +192,23 @@ class ArithDataModule(AlignDataModule):
         )  # fmt: skip
         self.group_size = group_size
         self.prompt_template = prompt_template
+        self._problems: DatasetDict | None = None
+
+    def problems(self) -> DatasetDict:
+        """The generated problems (``question``, ``solution``, ``answer``), made once."""
+        if self._problems is None:
+            self._problems = arith_splits(**self.task)
+        return self._problems
+
+    def prompt_set(self) -> Dataset:
+        """The training questions as prompts with their gold ``answer`` and ``solution``."""
+        template = self.prompt_template
+        return self.problems()["train"].map(
+            lambda row: {"prompt": template.format(question=row["question"])}, remove_columns=["question"]
+        )
 
     def build_splits(self) -> DatasetDict:
-        splits = arith_splits(**self.task)
+        splits = self.problems()
         rng = random.Random(self.task["seed"] + 1)  # the corruptions, apart from the problems
         steps = self.task["steps"]
 

@@ -96,23 +96,48 @@ class AlignDataModule(L.LightningDataModule):
         """1.0 if ``completion`` reaches ``answer``, 0.0 if not, ``None`` if it cannot be judged."""
         return exact_match(completion, answer)
 
+    def prompt_set(self) -> Dataset:
+        """The training questions as ``prompt`` rows with the columns a reward reads (``answer``
+        at least), for online sampling. Tasks without one cannot be sampled online."""
+        raise NotImplementedError(f"{type(self).__name__} has no prompt set for online sampling")
+
     def setup(self, stage: str | None = None) -> None:
+        """Encodes the held-out splits; the training split is encoded when first needed, so an
+        online run, whose rows come from `set_train_rows`, never builds the offline one."""
         if self.splits is not None:
             return
         raw = self.build_splits()
-        train = raw["train"].map(self._encode_train, remove_columns=raw["train"].column_names)
-        self.stats |= {
-            "data/train_rows": len(train),
-            "data/prompt_truncated": sum(train["prompt_truncated"]),
-            "data/response_truncated": sum(train["response_truncated"]),
-        }
-        self.splits = {"train": train}
+        self._raw_train = raw["train"]
+        self.splits = {}
         for name in ("validation", "test"):
             split = raw[name]
             # Held-out rows with a gold answer are scored by generation; others (preference
             # pairs, say) by the objective itself.
             encode = self._encode_prompt if "answer" in split.column_names else self._encode_train
             self.splits[name] = split.map(encode, remove_columns=split.column_names)
+
+    def set_train_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Replaces the training split with ``rows`` in ``batch_format``'s schema (the online
+        sampling buffer); the next `train_dataloader` serves them."""
+        self.setup()
+        self._set_train(Dataset.from_list(rows))
+
+    def _set_train(self, raw: Dataset) -> None:
+        assert self.splits is not None
+        train = raw.map(self._encode_train, remove_columns=raw.column_names)
+        self.stats |= {
+            "data/train_rows": len(train),
+            "data/prompt_truncated": sum(train["prompt_truncated"]),
+            "data/response_truncated": sum(train["response_truncated"]),
+        }
+        self.splits["train"] = train
+
+    def train_split(self) -> Dataset:
+        self.setup()
+        assert self.splits is not None
+        if "train" not in self.splits:
+            self._set_train(self._raw_train)
+        return self.splits["train"]
 
     def _encode_train(self, row: dict[str, Any]) -> dict[str, Any]:
         lengths = (self.max_prompt_length, self.max_length)
@@ -132,7 +157,9 @@ class AlignDataModule(L.LightningDataModule):
         ``score`` maps a collated pair batch to ``(2P,)`` sequence log-probs (chosen, then
         rejected); it runs once here, so training keeps no reference model.
         """
-        assert self.splits is not None and self.batch_format == "pairs", "pairs data, after setup()"
+        assert self.batch_format == "pairs", "reference log-probs are for pairs"
+        self.train_split()
+        assert self.splits is not None
         collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
         for name, split in self.splits.items():
             if "chosen_ids" not in split.column_names:
@@ -152,14 +179,14 @@ class AlignDataModule(L.LightningDataModule):
         return self.batch_size // world
 
     def train_dataloader(self) -> DataLoader:
-        assert self.splits is not None, "call setup() first"
+        train = self.train_split()
         batch = self.per_device_batch_size()
         collate = partial(_COLLATE[self.batch_format], pad_id=self.tokenizer.pad_token_id)
         return DataLoader(
-            self.splits["train"],
+            train,
             batch_size=batch,
             shuffle=True,
-            drop_last=len(self.splits["train"]) >= batch,  # every step sees a full batch
+            drop_last=len(train) >= batch,  # every step sees a full batch
             collate_fn=StepCollator(collate, self.micro_batch_size or batch),
             num_workers=self.num_workers,
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from lit_align.models.hf import load_causal_lm
+
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 CHARACTERS = (*tuple(chr(i) for i in range(32, 127)), "\n")
 
@@ -42,12 +44,16 @@ def tiny_llama(
     intermediate_size: int = 384,
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = True,
+    name_or_path: str | None = None,
 ) -> LlamaForCausalLM:
-    """A randomly initialised Llama sized by the arguments (defaults: 0.87M parameters).
+    """A randomly initialised Llama sized by the arguments (defaults: 0.87M parameters), or,
+    with ``name_or_path``, a saved one (a run's ``model/``), whose own config then decides.
 
     Its vocabulary and special-token ids come from ``tokenizer``, so the model and the
     tokenizer always agree. Seed the RNG before calling it for reproducible weights.
     """
+    if name_or_path is not None:
+        return load_causal_lm(name_or_path, tokenizer)
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
     config = LlamaConfig(

@@ -16,7 +16,7 @@ class ModelReward:
         name_or_path: a Hub id (e.g. a DeBERTa reward model) or a local directory.
         batch_size: samples per forward.
         max_length: longest input in tokens; longer inputs keep their end (the completion).
-        device: where the reward model runs.
+        device: where the reward model runs; ``auto`` picks the GPU when there is one.
         trust_remote_code: off unless asked.
     """
 
@@ -30,6 +30,8 @@ class ModelReward:
         device: str = "cpu",
         trust_remote_code: bool = False,
     ) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -23,7 +23,8 @@ class Rollout:
         response_mask: ``(N, L)`` 1 on completion tokens up to and including eos.
         truncated: ``(N,)`` true where no eos came within ``max_new_tokens``.
         logps: ``(N, L - 1)`` the sampling policy's log-prob of each next token, from the
-            training forward (not generate's scores), 0 where ``response_mask[:, 1:]`` is 0.
+            training forward (not generate's scores), 0 where ``response_mask[:, 1:]`` is 0;
+            ``None`` when sampled ``with_logps=False``.
         completions: ``N`` decoded completions, special tokens removed.
     """
 
@@ -32,7 +33,7 @@ class Rollout:
     attention_mask: Tensor
     response_mask: Tensor
     truncated: Tensor
-    logps: Tensor
+    logps: Tensor | None
     completions: list[str]
 
 
@@ -65,21 +66,39 @@ class Sampler:
 
     @torch.no_grad()
     def __call__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: Tensor, prompt_mask: Tensor
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        seed: int | None = None,
+        with_logps: bool = True,
     ) -> Rollout:
-        """Samples from ``prompt_ids``/``prompt_mask`` ``(prompts, P)``, left-padded."""
+        """Samples from ``prompt_ids``/``prompt_mask`` ``(prompts, P)``, left-padded.
+
+        ``seed`` overrides the sampler's seed for this call (callers that sample repeatedly
+        pass a fresh one each time); ``with_logps=False`` skips the log-prob forward and leaves
+        ``logps`` ``None``, for callers that only read the text.
+        """
         with eval_mode(model):
-            return self._sample(model, tokenizer, prompt_ids, prompt_mask)
+            return self._sample(model, tokenizer, prompt_ids, prompt_mask, self.seed if seed is None else seed,
+                                with_logps)  # fmt: skip
 
     def _sample(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: Tensor, prompt_mask: Tensor
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        seed: int | None,
+        with_logps: bool,
     ) -> Rollout:
         prompt_ids = prompt_ids.repeat_interleave(self.num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(self.num_samples, dim=0)
         devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=self.seed is not None):
-            if self.seed is not None:
-                torch.manual_seed(self.seed)
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
             sequences = model.generate(
                 input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=self.max_new_tokens,
                 do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -94,7 +113,7 @@ class Sampler:
         input_ids = torch.cat([prompt_ids, completion], dim=1)
         attention_mask = torch.cat([prompt_mask, keep], dim=1)
         response_mask = torch.cat([torch.zeros_like(prompt_mask), keep], dim=1)
-        logps = forward_logps(model, input_ids, attention_mask) * response_mask[:, 1:]
+        logps = forward_logps(model, input_ids, attention_mask) * response_mask[:, 1:] if with_logps else None
         return Rollout(
             prompt_index=torch.arange(len(input_ids), device=input_ids.device) // self.num_samples,
             input_ids=input_ids,

@@ -1,0 +1,207 @@
+"""Online sampling: generate from the current policy, score, and refresh the training buffer."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from datasets import Dataset
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lit_align.data.collate import encode_prompt, pad
+from lit_align.rewards.base import score
+from lit_align.rollout.buffer import rollout_metrics, rows_from_samples
+from lit_align.rollout.sampler import Sampler
+
+
+class OnlineSampling(L.Callback):
+    """Samples ``num_samples`` completions per prompt from the policy, scores them with
+    ``reward`` and makes them the training split, in the objective's format (see
+    `lit_align.rollout.buffer`): groups for AFT, best-vs-worst pairs for online DPO, passing
+    samples for SFT (rejection sampling).
+
+    The first buffer is sampled when fitting starts. An epoch is one pass over the buffer; with
+    ``every_n_epochs`` the buffer is re-sampled after every N epochs (iterative AFT), otherwise
+    the first buffer serves the whole run (the AFT paper's single round). A pass over a buffer
+    of ``num_prompts`` groups is ``num_prompts / data.batch_size`` steps, so ``num_prompts``
+    sets how many steps pass between refreshes.
+
+    Prompts come from the datamodule's ``prompt_set()`` in a seeded order, each refresh taking
+    the next ``num_prompts`` (wrapping around). Under DDP each rank samples its own shard of
+    them; the rows are then gathered so every rank holds the same buffer, which Lightning's
+    distributed sampler splits evenly.
+
+    Logs ``rollout/reward_mean``, ``reward_std``, ``pass_rate``, ``unscorable_frac``,
+    ``completion_len``, ``truncated_frac`` and ``buffer_rows``, and the first ``log_samples``
+    samples of every refresh (prompt, completion, reward): a W&B table under ``logger=wandb``,
+    else lines of ``rollouts.jsonl`` in the run directory.
+
+    Args:
+        reward: ``(prompts, completions, **columns) -> list[float | None]``; the prompt set's
+            other columns (``answer``…) are passed as keyword lists.
+        num_samples: completions per prompt (k).
+        num_prompts: prompts per refresh; ``None`` takes the whole prompt set.
+        every_n_epochs: re-sample after this many passes over the buffer; ``None`` samples once.
+        generation_batch_size: prompts per ``generate`` call.
+        max_new_tokens, temperature, top_p, top_k: sampling settings.
+        threshold: the reward at which a sample counts as correct (positive).
+        include_reference: add each prompt's gold ``solution``, when the prompt set has that
+            column, to its rows: AFT fine-tunes on it beside the passing samples, SFT trains on it.
+        seed: seeds the prompt order and every refresh's sampling.
+        log_samples: samples per refresh written to the sample table.
+    """
+
+    def __init__(
+        self,
+        reward: Callable[..., list[float | None]],
+        num_samples: int = 4,
+        num_prompts: int | None = None,
+        every_n_epochs: int | None = None,
+        generation_batch_size: int = 64,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        threshold: float = 1.0,
+        include_reference: bool = False,
+        seed: int = 0,
+        log_samples: int = 8,
+    ) -> None:
+        if num_prompts is not None and num_prompts < 1:
+            raise ValueError(f"num_prompts must be >= 1 or null, got {num_prompts}")
+        if every_n_epochs is not None and every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1 or null, got {every_n_epochs}")
+        self.reward = reward
+        self.sampler = Sampler(num_samples, max_new_tokens, temperature, top_p, top_k, seed)
+        self.num_prompts = num_prompts
+        self.every_n_epochs = every_n_epochs
+        self.generation_batch_size = generation_batch_size
+        self.threshold = threshold
+        self.include_reference = include_reference
+        self.seed = seed
+        self.log_samples = log_samples
+        self.refreshes = 0  # checkpointed with the cursor, so a resumed run samples new prompts
+        self.cursor = 0
+        self.history: list[dict[str, float]] = []
+        self._prompts: Dataset | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if getattr(pl_module.objective, "precompute_ref", False):
+            raise ValueError("objective.precompute_ref scores a fixed dataset once; online sampling refreshes it")
+        if self.every_n_epochs:
+            # The buffer changes at epoch ends; Lightning must ask for a new loader to see it.
+            trainer.reload_dataloaders_every_n_epochs = self.every_n_epochs
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.refresh(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        done = trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not done:
+            self.refresh(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"refreshes": self.refreshes, "cursor": self.cursor}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.refreshes, self.cursor = state_dict["refreshes"], state_dict["cursor"]
+
+    # -- one refresh ----------------------------------------------------------------------------
+
+    def refresh(self, trainer: L.Trainer, pl_module: Any) -> None:
+        started = time.perf_counter()
+        datamodule = trainer.datamodule
+        if self._prompts is None:
+            self._prompts = datamodule.prompt_set()
+        prompt_set = self._prompts
+        chosen = self._next_prompts(len(prompt_set))
+        shard = prompt_set.select(chosen[trainer.global_rank :: trainer.world_size])
+        samples = self._sample_and_score(pl_module, datamodule, shard)
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(gathered, samples)
+            samples = {key: [v for part in gathered for v in part[key]] for key in samples}
+        rows = rows_from_samples(datamodule.batch_format, samples["prompts"], samples["completions"],
+                                 samples["rewards"], self.sampler.num_samples, self.threshold,
+                                 (samples["references"] or None) if self.include_reference else None)  # fmt: skip
+        if rows:
+            datamodule.set_train_rows(rows)
+        elif self.refreshes == 0:
+            raise RuntimeError(
+                f"online sampling made no {datamodule.batch_format} rows from {len(chosen)} prompts: every "
+                "sample was unscorable, or no prompt had samples with different rewards (pairs) or a passing "
+                "sample (sft)"
+            )
+        else:
+            rank_zero_warn("online sampling made no training rows this refresh; training goes on on the last buffer")
+        self.refreshes += 1
+        metrics = rollout_metrics(samples["rewards"], samples["lengths"], samples["truncated"], self.threshold)
+        metrics |= {"rollout/buffer_rows": float(len(rows)), "rollout/seconds": time.perf_counter() - started}
+        self._log(trainer, metrics, samples)
+        rank_zero_info(
+            f"online sampling #{self.refreshes}: {len(chosen)} prompts × {self.sampler.num_samples}, "
+            f"reward {metrics['rollout/reward_mean']:.3f}, pass rate {metrics['rollout/pass_rate']:.3f}, "
+            f"{len(rows)} rows, {metrics['rollout/seconds']:.0f} s"
+        )
+
+    def _next_prompts(self, size: int) -> list[int]:
+        """The next ``num_prompts`` indices of a seeded permutation of the prompt set."""
+        order = random.Random(self.seed).sample(range(size), size)
+        count = size if self.num_prompts is None else self.num_prompts
+        chosen = [order[(self.cursor + i) % size] for i in range(count)]
+        self.cursor = (self.cursor + count) % size
+        return chosen
+
+    def _sample_and_score(self, pl_module: Any, datamodule: Any, prompts: Dataset) -> dict[str, list[Any]]:
+        tokenizer, policy, k = pl_module.tokenizer, pl_module.policy, self.sampler.num_samples
+        out: dict[str, list[Any]] = {"prompts": [], "completions": [], "lengths": [], "truncated": []}
+        out["references"] = prompts["solution"] if "solution" in prompts.column_names else []
+        for start in range(0, len(prompts), self.generation_batch_size):
+            texts = prompts[start : start + self.generation_batch_size]["prompt"]
+            ids = [encode_prompt(tokenizer, text, datamodule.max_prompt_length)[0] for text in texts]
+            prompt_ids, prompt_mask = pad(ids, tokenizer.pad_token_id, left=True)
+            # A fresh seed per refresh, rank and chunk: each refresh draws new samples.
+            seed = random.Random(f"{self.seed}/{self.refreshes}/{pl_module.global_rank}/{start}").getrandbits(62)
+            rollout = self.sampler(policy, tokenizer, prompt_ids.to(pl_module.device), prompt_mask.to(pl_module.device),
+                                   seed=seed, with_logps=False)  # fmt: skip
+            out["prompts"] += texts
+            out["completions"] += rollout.completions
+            out["lengths"] += rollout.response_mask.sum(-1).tolist()
+            out["truncated"] += rollout.truncated.tolist()
+        columns = {
+            name: [v for v in prompts[name] for _ in range(k)] for name in prompts.column_names if name != "prompt"
+        }
+        repeated = [p for p in out["prompts"] for _ in range(k)]
+        out["rewards"] = score(self.reward, repeated, out["completions"], **columns)
+        return out
+
+    def _log(self, trainer: L.Trainer, metrics: dict[str, float], samples: dict[str, list[Any]]) -> None:
+        self.history.append(metrics)
+        # Logged straight to the loggers: Lightning's self.log is not allowed in on_fit_start.
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})
+        if not trainer.is_global_zero or not self.log_samples:
+            return
+        k = self.sampler.num_samples
+        table = [
+            [trainer.global_step, samples["prompts"][i // k], samples["completions"][i], samples["rewards"][i]]
+            for i in range(min(self.log_samples, len(samples["completions"])))
+        ]
+        wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if wandb:
+            wandb[0].log_table("rollout/samples", columns=["step", "prompt", "completion", "reward"], data=table)
+            return
+        with (Path(trainer.default_root_dir) / "rollouts.jsonl").open("a") as f:
+            for step, prompt, completion, reward in table:
+                f.write(json.dumps({"step": step, "prompt": prompt, "completion": completion, "reward": reward}) + "\n")

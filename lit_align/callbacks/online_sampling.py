@@ -90,7 +90,6 @@ class OnlineSampling(L.Callback):
         self.log_samples = log_samples
         self.refreshes = 0  # checkpointed with the cursor, so a resumed run samples new prompts
         self.cursor = 0
-        self.history: list[dict[str, float]] = []
         self._prompts: Dataset | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -186,7 +185,6 @@ class OnlineSampling(L.Callback):
         return out
 
     def _log(self, trainer: L.Trainer, metrics: dict[str, float], samples: dict[str, list[Any]]) -> None:
-        self.history.append(metrics)
         # Logged straight to the loggers: Lightning's self.log is not allowed in on_fit_start.
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)

@@ -39,7 +39,6 @@ FAST = [
     "trainer.enable_model_summary=false",
     "scheduler.num_warmup_steps=1",
     "eval.max_new_tokens=12",
-    "~callbacks.rich_progress_bar",
 ]
 
 

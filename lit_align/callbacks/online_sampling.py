@@ -95,7 +95,7 @@ class OnlineSampling(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if getattr(pl_module.objective, "precompute_ref", False):
+        if pl_module.objective.precompute_ref:
             raise ValueError("objective.precompute_ref scores a fixed dataset once; online sampling refreshes it")
         if self.every_n_epochs:
             # The buffer changes at epoch ends; Lightning must ask for a new loader to see it.
@@ -132,7 +132,7 @@ class OnlineSampling(L.Callback):
             samples = {key: [v for part in gathered for v in part[key]] for key in samples}
         rows = rows_from_samples(datamodule.batch_format, samples["prompts"], samples["completions"],
                                  samples["rewards"], self.sampler.num_samples, self.threshold,
-                                 (samples["references"] or None) if self.include_reference else None)  # fmt: skip
+                                 samples.get("references"))  # fmt: skip
         if rows:
             datamodule.set_train_rows(rows)
         elif self.refreshes == 0:
@@ -164,7 +164,8 @@ class OnlineSampling(L.Callback):
     def _sample_and_score(self, pl_module: Any, datamodule: Any, prompts: Dataset) -> dict[str, list[Any]]:
         tokenizer, policy, k = pl_module.tokenizer, pl_module.policy, self.sampler.num_samples
         out: dict[str, list[Any]] = {"prompts": [], "completions": [], "lengths": [], "truncated": []}
-        out["references"] = prompts["solution"] if "solution" in prompts.column_names else []
+        if self.include_reference and "solution" in prompts.column_names:
+            out["references"] = prompts["solution"]
         for start in range(0, len(prompts), self.generation_batch_size):
             texts = prompts[start : start + self.generation_batch_size]["prompt"]
             ids = [encode_prompt(tokenizer, text, datamodule.max_prompt_length)[0] for text in texts]

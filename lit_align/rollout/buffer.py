@@ -9,8 +9,8 @@ sample we cannot judge is neither a positive nor a negative.
   when their rewards differ (ties between equal rewards go to the earlier sample).
 - ``groups`` (AFT): per prompt, all scorable samples; ``correct`` is reward ≥ ``threshold`` and
   ``rank`` the dense rank of the reward, highest first, so a 0/1 verifier gives ranks 0 and 1.
-  A group needs at least one sample; one with only positives or only negatives still trains
-  the objective's fine-tuning term.
+  A group needs a scorable sample (or a reference, below); one with only positives or only
+  negatives still trains the objective's fine-tuning term.
 
 With ``references`` (one gold solution per prompt), ``groups`` add it as a ``reference`` chain
 (fine-tuned on, outside the ranking) and ``sft`` adds it as a row, so every prompt keeps a
@@ -43,8 +43,8 @@ def rows_from_samples(
     for p, prompt in enumerate(prompts):
         span = range(p * num_samples, (p + 1) * num_samples)
         scored = [(completions[i], rewards[i]) for i in span if rewards[i] is not None]
-        reference = [] if references is None else [references[p]]
-        if not scored and not (reference and batch_format != "pairs"):
+        reference = [] if references is None or batch_format == "pairs" else [references[p]]
+        if not scored and not reference:
             continue
         if batch_format == "sft":
             rows += [{"prompt": prompt, "response": text} for text in reference]

@@ -16,7 +16,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_align.models.forward import eval_mode, forward_logps
+from lit_align.models.forward import eval_mode, forward_logps, policy_forward
+from lit_align.models.value import ValueHead
 from lit_align.objectives.base import Objective, ObjectiveOutput
 from lit_align.objectives.reduce import masked_sum
 from lit_align.rewards.math import exact_match
@@ -37,7 +38,9 @@ class AlignModule(L.LightningModule):
     Args:
         policy: the causal LM being trained.
         objective: the loss; if its ``needs_reference`` is true, a frozen copy of the starting
-            policy is kept as the reference (eval mode, no grad, left out of checkpoints).
+            policy is kept as the reference (eval mode, no grad, left out of checkpoints); if
+            its ``needs_values`` is true, a critic (`ValueHead`, trained with the policy) is
+            built on the policy's trunk or on a copy of it (``objective.critic``).
         tokenizer: decodes generations at evaluation.
         optimizer: builds the optimizer from the trainable parameters (a Hydra partial).
         scheduler: builds the LR schedule from the optimizer and ``num_training_steps``.
@@ -63,6 +66,7 @@ class AlignModule(L.LightningModule):
         self.policy = policy.train()
         self.objective = objective
         self.reference = frozen_copy(policy) if objective.needs_reference else None
+        self.critic = ValueHead(policy, separate=objective.critic == "separate") if objective.needs_values else None
         self.tokenizer = tokenizer
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -117,13 +121,39 @@ class AlignModule(L.LightningModule):
         return loss, {key: torch.stack(values).mean() for key, values in metrics.items()}
 
     def objective_step(self, micro: Batch, normalizer: Tensor) -> ObjectiveOutput:
-        """Runs the policy (and reference) over one micro-batch and applies the objective."""
-        logps = forward_logps(self.policy, micro["input_ids"], micro["attention_mask"])
+        """Runs the policy (and the reference, and the critic) over one micro-batch and applies
+        the objective."""
+        ids, mask = micro["input_ids"], micro["attention_mask"]
+        if self.objective.inputs == "scores":  # a reward model: one score per sequence
+            scores = self.policy(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+            return self.objective(micro, scores, None, normalizer)
+        shared_critic = self.critic is not None and self.critic.trunk is None
+        out = policy_forward(self.policy, ids, mask, entropy=self.objective.needs_entropy, hidden=shared_critic)
+        extras = {}
+        if self.critic is not None:
+            extras["values"] = self.critic(ids, mask, out.hidden)
+        if self.objective.needs_entropy:
+            extras["entropy"] = out.entropy
         ref_logps = None
-        if self.reference is not None:
+        if self.reference is not None and "ref_logps" not in micro:  # rollout rows bring their own
             with torch.no_grad():
-                ref_logps = forward_logps(self.reference, micro["input_ids"], micro["attention_mask"])
-        return self.objective(micro, logps, ref_logps, normalizer)
+                ref_logps = forward_logps(self.reference, ids, mask)
+        return self.objective(micro, out.logps, ref_logps, normalizer, **extras)
+
+    @torch.no_grad()
+    def score_rollout(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """For online sampling: the sampling policy's, the reference's and the critic's
+        ``(N, L - 1)`` per-token log-probs and values of sampled sequences, in eval mode (the
+        values are ``None`` without a critic)."""
+        shared_critic = self.critic is not None and self.critic.trunk is None
+        with eval_mode(self.policy):
+            out = policy_forward(self.policy, input_ids, attention_mask, hidden=shared_critic)
+            values = None
+            if self.critic is not None:
+                with eval_mode(self.critic):
+                    values = self.critic(input_ids, attention_mask, out.hidden)
+        ref_logps = out.logps if self.reference is None else forward_logps(self.reference, input_ids, attention_mask)
+        return out.logps, ref_logps, values
 
     def _across_ranks(self, count: Tensor) -> Tensor:
         """The step's normalizer per rank: the global count divided by the world size.
@@ -137,7 +167,13 @@ class AlignModule(L.LightningModule):
         return self.trainer.strategy.reduce(count, reduce_op="sum") / self.trainer.world_size
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        trainable = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("critic.")]
+        optimizer = self.optimizer_factory(trainable)
+        if self.critic is not None:
+            # The critic's head starts from scratch while the policy is only fine-tuned: it
+            # learns at its own rate, objective.critic_lr_scale × lr (the schedule keeps the ratio).
+            lr = optimizer.defaults["lr"] * self.objective.critic_lr_scale
+            optimizer.add_param_group({"params": list(self.critic.parameters()), "lr": lr})
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, num_training_steps=self.trainer.estimated_stepping_batches)

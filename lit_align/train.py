@@ -45,13 +45,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     transformers.utils.logging.disable_progress_bar()
     # The run dir already holds Hydra's .hydra/; the CSV logger only writes metrics.csv beside it.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # Lightning logs by global step; an online run's short epochs (one rollout each) still log.
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     objective = instantiate(cfg.objective)
     tokenizer = instantiate(cfg.model.tokenizer)
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer, batch_format=objective.batch_format)
+    datamodule = instantiate(
+        cfg.data, tokenizer=tokenizer, batch_format=objective.batch_format,
+        eval_by_generation=objective.inputs == "logps",  # a reward model is scored on held-out pairs
+    )  # fmt: skip
     policy = instantiate(cfg.model.policy, tokenizer=tokenizer)
     module = AlignModule(
         policy=policy,
@@ -123,6 +128,8 @@ def _sft_start(cfg: DictConfig) -> dict[str, Any]:
         stage.optimizer.lr = cfg.init.lr
         stage.data.batch_size = cfg.init.batch_size
         stage.init = stage.rollout = None
+        if "head" in stage.model.get("policy", {}):
+            stage.model.policy.head = "lm"  # a reward model starts from the SFT model's trunk
         stage.callbacks = {
             name: node for name, node in (cfg.get("callbacks") or {}).items()
             if not str(node.get("_target_", "")).startswith("lit_align.")
@@ -163,7 +170,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     table.add_column("start", justify="right")
     table.add_column("final", justify="right")
     for key in sorted(set(summary["start"]) | set(summary["final"])):
-        if key.split("/")[0] in ("val", "test", "train", "eval", "rollout") and key != "train/lr":
+        if key.split("/")[0] in ("val", "test", "train", "eval", "rollout", "ppo", "rloo") and key != "train/lr":
             before, after = summary["start"].get(key), summary["final"].get(key)
             table.add_row(key, "" if before is None else f"{before:.4f}", "" if after is None else f"{after:.4f}")
     console = Console()

@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lit_align.config import ConfigError
-from lit_align.models.hf import load_causal_lm, load_tokenizer
+from lit_align.models.hf import load_model, load_tokenizer
 from lit_align.models.tiny import tiny_llama
 
 
@@ -22,12 +22,12 @@ def test_hf_save_load_round_trip(tokenizer, tiny_model, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     loaded_tok = load_tokenizer(str(tmp_path))
-    loaded = load_causal_lm(str(tmp_path), loaded_tok)
+    loaded = load_model(str(tmp_path), loaded_tok)
     ids = torch.tensor([tokenizer("3+4=7\n#### 7")["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, tiny_model(ids).logits)
     assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), type(tiny_model))
-    assert load_causal_lm(str(tmp_path), loaded_tok, dtype="bfloat16").dtype == torch.bfloat16
+    assert load_model(str(tmp_path), loaded_tok, dtype="bfloat16").dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("path", ["/no/such/model", "./missing", "runs/x/model"])
@@ -41,3 +41,14 @@ def test_unreachable_hub_id_is_one_line():  # conftest puts the Hub offline
     with pytest.raises(ConfigError, match="neither a local directory nor a reachable Hub model") as info:
         load_tokenizer("lit-align-test/definitely-not-a-model")
     assert "\n" not in str(info.value)
+
+
+def test_score_head_from_scratch_or_from_a_causal_lm(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    scorer = tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, head="score")
+    assert scorer.config.num_labels == 1 and scorer(input_ids=torch.tensor([[1, 5, 2]])).logits.shape == (1, 1)
+    lm = tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    lm.save_pretrained(tmp_path)
+    from_lm = load_model(str(tmp_path), tokenizer, head="score")  # the SFT model's trunk, a new head
+    assert torch.equal(from_lm.model.embed_tokens.weight, lm.model.embed_tokens.weight)
+    assert from_lm.config.num_labels == 1

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_align.data.collate import encode_prompt, pad
 from lit_align.rewards.base import score
 from lit_align.rollout.buffer import rollout_metrics, rows_from_samples
+from lit_align.rollout.experience import experience_rows, split_rollout
 from lit_align.rollout.sampler import Sampler
 
 
@@ -26,7 +27,9 @@ class OnlineSampling(L.Callback):
     """Samples ``num_samples`` completions per prompt from the policy, scores them with
     ``reward`` and makes them the training split, in the objective's format (see
     `lit_align.rollout.buffer`): groups for AFT, best-vs-worst pairs for online DPO, passing
-    samples for SFT (rejection sampling).
+    samples for SFT (rejection sampling), and for RLOO and PPO the sampled tokens with their
+    log-probs and the objective's advantages (`lit_align.rollout.experience`), computed here,
+    once per rollout; the objective's adaptive KL coefficient is updated after each.
 
     The first buffer is sampled when fitting starts. An epoch is one pass over the buffer; with
     ``every_n_epochs`` the buffer is re-sampled after every N epochs (iterative AFT), otherwise
@@ -40,7 +43,9 @@ class OnlineSampling(L.Callback):
     distributed sampler splits evenly.
 
     Logs ``rollout/reward_mean``, ``reward_std``, ``pass_rate``, ``unscorable_frac``,
-    ``completion_len``, ``truncated_frac`` and ``buffer_rows``, and the first ``log_samples``
+    ``frac_reward_zero_std`` (prompts whose samples all scored the same: no learning signal for
+    RLOO), ``completion_len``, ``truncated_frac`` and ``buffer_rows`` (and for RLOO/PPO
+    ``rollout/kl``, the mean sequence KL to the reference, and ``rollout/kl_coef``), and the first ``log_samples``
     samples of every refresh (prompt, completion, reward): a W&B table under ``logger=wandb``,
     else lines of ``rollouts.jsonl`` in the run directory.
 
@@ -97,6 +102,11 @@ class OnlineSampling(L.Callback):
             return
         if pl_module.objective.precompute_ref:
             raise ValueError("objective.precompute_ref scores a fixed dataset once; online sampling refreshes it")
+        if trainer.datamodule.batch_format == "rollout" and not self.every_n_epochs:
+            raise ValueError(
+                f"{type(pl_module.objective).__name__} learns on-policy: set rollout.every_n_epochs "
+                "(update epochs per rollout), or the first rollout would serve the whole run"
+            )
         if self.every_n_epochs:
             # The buffer changes at epoch ends; Lightning must ask for a new loader to see it.
             trainer.reload_dataloaders_every_n_epochs = self.every_n_epochs
@@ -130,9 +140,12 @@ class OnlineSampling(L.Callback):
             gathered: list[Any] = [None] * trainer.world_size
             dist.all_gather_object(gathered, samples)
             samples = {key: [v for part in gathered for v in part[key]] for key in samples}
-        rows = rows_from_samples(datamodule.batch_format, samples["prompts"], samples["completions"],
-                                 samples["rewards"], self.sampler.num_samples, self.threshold,
-                                 samples.get("references"))  # fmt: skip
+        if datamodule.batch_format == "rollout":  # built per rank, from its own model outputs
+            rows = samples["rows"]
+        else:
+            rows = rows_from_samples(datamodule.batch_format, samples["prompts"], samples["completions"],
+                                     samples["rewards"], self.sampler.num_samples, self.threshold,
+                                     samples.get("references"))  # fmt: skip
         if rows:
             datamodule.set_train_rows(rows)
         elif self.refreshes == 0:
@@ -144,7 +157,12 @@ class OnlineSampling(L.Callback):
         else:
             rank_zero_warn("online sampling made no training rows this refresh; training goes on on the last buffer")
         self.refreshes += 1
-        metrics = rollout_metrics(samples["rewards"], samples["lengths"], samples["truncated"], self.threshold)
+        k = self.sampler.num_samples
+        metrics = rollout_metrics(samples["rewards"], samples["lengths"], samples["truncated"], self.threshold, k)
+        if "kl" in samples:
+            kl = sum(samples["kl"]) / max(len(samples["kl"]), 1)
+            metrics |= {"rollout/kl": kl, "rollout/kl_coef": float(pl_module.objective.kl_coef)}
+            pl_module.objective.update_kl_coef(kl, len(samples["kl"]))  # the same on every rank
         metrics |= {"rollout/buffer_rows": float(len(rows)), "rollout/seconds": time.perf_counter() - started}
         self._log(trainer, metrics, samples)
         rank_zero_info(
@@ -164,7 +182,9 @@ class OnlineSampling(L.Callback):
     def _sample_and_score(self, pl_module: Any, datamodule: Any, prompts: Dataset) -> dict[str, list[Any]]:
         tokenizer, policy, k = pl_module.tokenizer, pl_module.policy, self.sampler.num_samples
         out: dict[str, list[Any]] = {"prompts": [], "completions": [], "lengths": [], "truncated": []}
-        if self.include_reference and "solution" in prompts.column_names:
+        rl = datamodule.batch_format == "rollout"
+        experience: list[dict[str, Any]] = []
+        if self.include_reference and "solution" in prompts.column_names and not rl:
             out["references"] = prompts["solution"]
         for start in range(0, len(prompts), self.generation_batch_size):
             texts = prompts[start : start + self.generation_batch_size]["prompt"]
@@ -174,6 +194,9 @@ class OnlineSampling(L.Callback):
             seed = random.Random(f"{self.seed}/{self.refreshes}/{pl_module.global_rank}/{start}").getrandbits(62)
             rollout = self.sampler(policy, tokenizer, prompt_ids.to(pl_module.device), prompt_mask.to(pl_module.device),
                                    seed=seed, with_logps=False)  # fmt: skip
+            if rl:  # the tokens as sampled, with the policy's, reference's (and critic's) outputs
+                scored = pl_module.score_rollout(rollout.input_ids, rollout.attention_mask)
+                experience += split_rollout(rollout, *scored)
             out["prompts"] += texts
             out["completions"] += rollout.completions
             out["lengths"] += rollout.response_mask.sum(-1).tolist()
@@ -183,6 +206,9 @@ class OnlineSampling(L.Callback):
         }
         repeated = [p for p in out["prompts"] for _ in range(k)]
         out["rewards"] = score(self.reward, repeated, out["completions"], **columns)
+        if rl:
+            rows, kl = experience_rows(pl_module.objective, experience, out["rewards"], k, out["truncated"])
+            out["rows"], out["kl"] = rows, kl
         return out
 
     def _log(self, trainer: L.Trainer, metrics: dict[str, float], samples: dict[str, list[Any]]) -> None:

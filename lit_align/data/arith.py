@@ -216,6 +216,8 @@ class ArithDataModule(AlignDataModule):
             prompt, solution = self.prompt_template.format(question=row["question"]), row["solution"]
             if self.batch_format == "sft":
                 return {"prompt": prompt, "response": solution}
+            if self.batch_format == "rollout":  # online sampling brings the rows
+                return {"prompt": prompt}
             if self.batch_format == "pairs":
                 return {"prompt": prompt, "chosen": solution,
                         "rejected": inject_errors(rng, solution, rng.randint(1, steps))}  # fmt: skip
@@ -225,12 +227,14 @@ class ArithDataModule(AlignDataModule):
                           for k in wrong]  # fmt: skip
             return {"prompt": prompt, "responses": responses}
 
-        def held_out_row(row: dict[str, str]) -> dict[str, str]:
+        def held_out_row(row: dict[str, str]) -> dict[str, Any]:
+            if not self.eval_by_generation:  # scored by the objective, like training rows
+                return train_row(row)
             return {"prompt": self.prompt_template.format(question=row["question"]), "answer": row["answer"]}
 
         train = splits["train"]
         return DatasetDict(
             train=Dataset.from_list([train_row(r) for r in train]),
-            validation=splits["validation"].map(held_out_row),
-            test=splits["test"].map(held_out_row),
+            validation=Dataset.from_list([held_out_row(r) for r in splits["validation"]]),
+            test=Dataset.from_list([held_out_row(r) for r in splits["test"]]),
         )

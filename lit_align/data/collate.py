@@ -134,6 +134,25 @@ def collate_groups(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any
     return batch
 
 
+ROLLOUT_TENSORS = ("old_logps", "ref_logps", "advantages", "returns", "old_values")
+
+
+def collate_rollout(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Rollout rows (see `lit_align.rollout.experience`) as right-padded ``input_ids``,
+    ``attention_mask`` and ``loss_mask``, with each per-response-token list the rows carry
+    (``old_logps``, ``ref_logps``, ``advantages``, ``returns``, ``old_values``) placed in a
+    ``(batch, seq - 1)`` float tensor aligned with the forward's log-probs, 0 elsewhere."""
+    batch = _response_batch([r["input_ids"] for r in rows], [r["prompt_len"] for r in rows], pad_id)
+    width = batch["input_ids"].shape[1] - 1
+    for key in (k for k in ROLLOUT_TENSORS if k in rows[0]):
+        values = torch.zeros(len(rows), width)
+        for i, row in enumerate(rows):
+            start = row["prompt_len"] - 1  # the log-prob of token p sits at index p − 1
+            values[i, start : start + len(row[key])] = torch.tensor(row[key], dtype=torch.float32)
+        batch[key] = values
+    return batch
+
+
 def collate_prompts(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Left-padded ``prompt_ids`` and ``prompt_mask`` ``(batch, longest)`` for generation,
     with the rows' ``answer`` strings alongside."""

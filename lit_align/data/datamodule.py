@@ -18,6 +18,7 @@ from lit_align.data.collate import (
     collate_groups,
     collate_pairs,
     collate_prompts,
+    collate_rollout,
     collate_sft,
     encode_group,
     encode_pair,
@@ -30,8 +31,10 @@ from lit_align.rewards.math import exact_match
 #   sft:    prompt, response
 #   pairs:  prompt, chosen, rejected
 #   groups: prompt, responses = [{text, correct, rank, reference}, ...]
-BATCH_FORMATS = ("sft", "pairs", "groups")
-_COLLATE = {"sft": collate_sft, "pairs": collate_pairs, "groups": collate_groups}
+#   rollout: already tokenised samples with per-token tensors (`lit_align.rollout.experience`);
+#            made only by online sampling
+BATCH_FORMATS = ("sft", "pairs", "groups", "rollout")
+_COLLATE = {"sft": collate_sft, "pairs": collate_pairs, "groups": collate_groups, "rollout": collate_rollout}
 
 
 class AlignDataModule(L.LightningDataModule):
@@ -44,8 +47,11 @@ class AlignDataModule(L.LightningDataModule):
 
     Args:
         tokenizer: the policy's tokenizer.
-        batch_format: what the objective consumes (``sft``, ``pairs`` or ``groups``); set by
-            ``train`` from the objective, not in the data config.
+        batch_format: what the objective consumes (``sft``, ``pairs``, ``groups`` or
+            ``rollout``); set by ``train`` from the objective, not in the data config.
+        eval_by_generation: score held-out rows that have an ``answer`` by generating from
+            the policy; false builds them like training rows, scored by the objective (a reward
+            model cannot generate). Set by ``train`` from the objective.
         batch_size: rows per optimizer step, over all devices together (a row is one example,
             one pair or one question's group).
         micro_batch_size: rows per forward pass on one device; ``None`` means the whole
@@ -60,6 +66,7 @@ class AlignDataModule(L.LightningDataModule):
         self,
         tokenizer: PreTrainedTokenizerBase,
         batch_format: str = "sft",
+        eval_by_generation: bool = True,
         batch_size: int = 32,
         micro_batch_size: int | None = None,
         eval_batch_size: int = 100,
@@ -78,6 +85,7 @@ class AlignDataModule(L.LightningDataModule):
             raise ValueError(f"max_length={max_length} leaves no room after max_prompt_length={max_prompt_length}")
         self.tokenizer = tokenizer
         self.batch_format = batch_format
+        self.eval_by_generation = eval_by_generation
         self.batch_size = batch_size
         self.micro_batch_size = micro_batch_size
         self.eval_batch_size = eval_batch_size
@@ -113,7 +121,8 @@ class AlignDataModule(L.LightningDataModule):
             split = raw[name]
             # Held-out rows with a gold answer are scored by generation; others (preference
             # pairs, say) by the objective itself.
-            encode = self._encode_prompt if "answer" in split.column_names else self._encode_train
+            by_generation = self.eval_by_generation and "answer" in split.column_names
+            encode = self._encode_prompt if by_generation else self._encode_train
             self.splits[name] = split.map(encode, remove_columns=split.column_names)
 
     def set_train_rows(self, rows: list[dict[str, Any]]) -> None:
@@ -124,7 +133,12 @@ class AlignDataModule(L.LightningDataModule):
 
     def _set_train(self, raw: Dataset) -> None:
         assert self.splits is not None
-        train = raw.map(self._encode_train, remove_columns=raw.column_names)
+        if self.batch_format == "rollout":  # sampled rows arrive tokenised
+            if "input_ids" not in raw.column_names:
+                raise ValueError("rollout rows come from online sampling (rollout=online), not from a dataset")
+            train = raw
+        else:
+            train = raw.map(self._encode_train, remove_columns=raw.column_names)
         self.stats |= {
             "data/train_rows": len(train),
             "data/prompt_truncated": sum(train["prompt_truncated"]),

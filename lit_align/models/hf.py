@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)  # fmt: skip
 
 from lit_align.config import ConfigError
+
+HEADS = ("lm", "score")
 
 
 def _resolve(name_or_path: str) -> str:
@@ -44,22 +52,30 @@ def load_tokenizer(
     return tokenizer
 
 
-def load_causal_lm(
+def load_model(
     name_or_path: str,
     tokenizer: PreTrainedTokenizerBase,
     dtype: str = "float32",
     trust_remote_code: bool = False,
     revision: str | None = None,
     attn_implementation: str | None = None,
+    head: str = "lm",
 ) -> PreTrainedModel:
-    """An ``AutoModelForCausalLM`` with its pad token aligned to ``tokenizer``.
+    """An ``AutoModelForCausalLM`` (``head="lm"``) or a one-label
+    ``AutoModelForSequenceClassification`` (``head="score"``, a reward model), with its pad
+    token aligned to ``tokenizer``.
 
     ``dtype`` is the dtype of the stored weights once loaded; keep ``float32`` and let the
-    trainer's ``precision`` decide the compute dtype, or ``bfloat16`` to halve memory.
+    trainer's ``precision`` decide the compute dtype, or ``bfloat16`` to halve memory. A score
+    head loaded from a causal LM (an SFT model, say) starts from its trunk with a new head.
     """
+    if head not in HEADS:
+        raise ConfigError(f"model.policy.head must be one of {HEADS}, got {head!r}")
+    extra = {} if head == "lm" else {"num_labels": 1}
     model = _load(
-        AutoModelForCausalLM,
+        AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification,
         name_or_path,
+        **extra,
         dtype=getattr(torch, dtype),
         trust_remote_code=trust_remote_code,
         revision=revision,
@@ -67,6 +83,6 @@ def load_causal_lm(
     )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -8,9 +8,9 @@ it saves, loads and batches like any Hub tokenizer.
 from __future__ import annotations
 
 from tokenizers import Tokenizer, decoders, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
-from lit_align.models.hf import load_causal_lm
+from lit_align.models.hf import HEADS, load_model
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 CHARACTERS = (*tuple(chr(i) for i in range(32, 127)), "\n")
@@ -45,15 +45,19 @@ def tiny_llama(
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = True,
     name_or_path: str | None = None,
-) -> LlamaForCausalLM:
+    head: str = "lm",
+) -> LlamaForCausalLM | LlamaForSequenceClassification:
     """A randomly initialised Llama sized by the arguments (defaults: 0.87M parameters), or,
     with ``name_or_path``, a saved one (a run's ``model/``), whose own config then decides.
 
-    Its vocabulary and special-token ids come from ``tokenizer``, so the model and the
-    tokenizer always agree. Seed the RNG before calling it for reproducible weights.
+    ``head="lm"`` is the causal LM; ``head="score"`` the same trunk with a one-label score head
+    (a reward model). Its vocabulary and special-token ids come from ``tokenizer``, so the model
+    and the tokenizer always agree. Seed the RNG before calling it for reproducible weights.
     """
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if name_or_path is not None:
-        return load_causal_lm(name_or_path, tokenizer)
+        return load_model(name_or_path, tokenizer, head=head)
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
     config = LlamaConfig(
@@ -68,5 +72,6 @@ def tiny_llama(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        num_labels=1,
     )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(config) if head == "lm" else LlamaForSequenceClassification(config)

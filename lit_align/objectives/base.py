@@ -22,18 +22,28 @@ class ObjectiveOutput(NamedTuple):
 class Objective(nn.Module):
     """A loss over log-probs of a tokenised batch; the math lives in pure functions beside it.
 
-    The module runs the policy (and, if ``needs_reference``, the frozen reference) over
-    ``batch["input_ids"]`` and hands the objective per-token log-probs of each next token,
-    ``(batch, seq - 1)``. The objective never sees a model, a trainer or a config.
+    The module runs the policy (and, if ``needs_reference``, the frozen reference, unless the
+    batch already carries ``ref_logps``) over ``batch["input_ids"]`` and hands the objective
+    per-token log-probs of each next token, ``(batch, seq - 1)``. The objective never sees a
+    model, a trainer or a config.
     """
 
     needs_reference: bool = False
     # The reference log-probs come with the batch (``ref_logps``), computed once by `train`
     # with the starting policy before training, instead of from a reference model.
     precompute_ref: bool = False
-    # The training rows it consumes: "sft" (prompt, response), "pairs" or "groups"
+    # The training rows it consumes: "sft" (prompt, response), "pairs", "groups" or "rollout"
     # (see `lit_align.data.datamodule`).
     batch_format: str = "sft"
+    # What the module passes as ``logps``: "logps", a causal LM's per-token log-probs
+    # ``(batch, seq - 1)``, or "scores", a sequence classifier's score per row ``(batch,)``
+    # (reward models; such a model cannot be evaluated by generation).
+    inputs: str = "logps"
+    # Extra policy outputs passed as keyword arguments to ``forward``: ``values`` ``(batch,
+    # seq - 1)`` from the module's critic, and ``entropy`` ``(batch, seq - 1)`` of each next-token
+    # distribution.
+    needs_values: bool = False
+    needs_entropy: bool = False
 
     def normalizer(self, batch: dict[str, Tensor]) -> Tensor:
         """How many units (tokens, sequences, pairs…) the loss averages over in ``batch``.

@@ -26,3 +26,13 @@ def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
 def shifted_logps(logits: Tensor, input_ids: Tensor) -> Tensor:
     """Log-probs of each next token: ``(batch, seq)`` logits and ids → ``(batch, seq - 1)``."""
     return token_logps(logits[:, :-1], input_ids[:, 1:])
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """``(batch, seq, vocab)`` logits → ``(batch, seq)`` entropy −Σ p·log p of each distribution,
+    in float32 one row at a time (as `token_logps`), with gradient."""
+    rows = []
+    for row in logits:
+        logp = torch.log_softmax(row.float(), dim=-1)
+        rows.append(-(logp.exp() * logp).sum(-1))
+    return torch.stack(rows)

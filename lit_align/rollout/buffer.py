@@ -73,13 +73,21 @@ def rollout_metrics(
     completion_lengths: Sequence[int],
     truncated: Sequence[bool],
     threshold: float = 1.0,
+    num_samples: int = 1,
 ) -> dict[str, float]:
     """``rollout/*`` statistics of one refresh.
 
     ``reward_mean``/``reward_std`` are over scorable samples (population std); ``pass_rate`` is
     the fraction of scorable samples whose reward reaches ``threshold``; ``unscorable_frac``,
-    ``completion_len`` (tokens, eos included) and ``truncated_frac`` are over all samples.
+    ``completion_len`` (tokens, eos included) and ``truncated_frac`` are over all samples;
+    ``frac_reward_zero_std`` is the fraction of prompts with a scorable sample whose scorable
+    samples (``num_samples`` per prompt, adjacent) all have the same reward.
     """
+    groups = [
+        [r for r in rewards[i : i + num_samples] if r is not None] for i in range(0, len(rewards), num_samples)
+    ]  # fmt: skip
+    groups = [g for g in groups if g]
+    zero_std = sum(max(g) == min(g) for g in groups) / len(groups) if groups else math.nan
     scored = [r for r in rewards if r is not None]
     n = max(len(rewards), 1)
     mean = sum(scored) / len(scored) if scored else math.nan
@@ -89,6 +97,7 @@ def rollout_metrics(
         "rollout/reward_std": math.sqrt(variance),
         "rollout/pass_rate": sum(r >= threshold for r in scored) / len(scored) if scored else math.nan,
         "rollout/unscorable_frac": (len(rewards) - len(scored)) / n,
+        "rollout/frac_reward_zero_std": zero_std,
         "rollout/completion_len": sum(completion_lengths) / n,
         "rollout/truncated_frac": sum(bool(t) for t in truncated) / n,
     }

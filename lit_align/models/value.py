@@ -1,0 +1,49 @@
+"""The critic of PPO: a scalar value V(s_t) at every position of a sequence."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from lit_align.models.forward import position_ids
+
+
+class ValueHead(nn.Module):
+    """A linear head over a causal LM trunk's last hidden state.
+
+    ``separate=False`` puts the head on the policy's own trunk: the module's one training
+    forward gives both log-probs and values (cheap; the value loss also shapes the policy's
+    trunk, weighted by ``vf_coef``). ``separate=True`` gives the critic its own copy of the
+    trunk, initialised from the policy: twice the compute and memory, no shared gradients.
+
+    Args:
+        policy: the causal LM whose trunk (``base_model``) the critic reads or copies.
+        separate: whether the critic has its own trunk.
+    """
+
+    def __init__(self, policy: PreTrainedModel, separate: bool = False) -> None:
+        super().__init__()
+        self.trunk = copy.deepcopy(policy.base_model) if separate else None
+        hidden = policy.config.get_text_config().hidden_size
+        self.head = nn.Linear(hidden, 1)
+        # Small weights and zero bias: the first values are near 0, so an untrained critic
+        # neither dominates the first advantages nor pulls hard on a shared trunk.
+        nn.init.normal_(self.head.weight, std=1 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, policy_hidden: Tensor | None = None) -> Tensor:
+        """``(batch, seq - 1)`` values of the states before each next token (aligned with the
+        policy's log-probs). ``policy_hidden`` ``(batch, seq, hidden)``: the policy's last hidden
+        states, required for a shared trunk and ignored with a separate one."""
+        if self.trunk is not None:
+            hidden = self.trunk(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                use_cache=False,
+            ).last_hidden_state  # fmt: skip
+        elif policy_hidden is None:
+            raise ValueError("a shared-trunk value head needs the policy's hidden states")
+        else:
+            hidden = policy_hidden
+        return self.head(hidden[:, :-1]).squeeze(-1).float()

@@ -1,0 +1,95 @@
+"""RLOO, PPO and reward modelling end to end: short runs of the shipped configs on the tiny
+model and task, a trained reward model used by RLOO and best-of-N, and the config checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from transformers import AutoModelForSequenceClassification
+
+from lit_align.train import train
+from tests.conftest import make_cfg
+from tests.test_online import _cli
+
+# 4 prompts × 4 samples = 16 rollout rows = 2 steps of 8 samples per update epoch.
+RL = ["init=none", "rollout.num_prompts=4", "rollout.num_samples=4", "rollout.log_samples=1"]
+
+
+def _metric_column(run_dir, key):
+    with (run_dir / "metrics.csv").open() as f:
+        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+
+
+def _refresh_steps(run_dir):
+    return [json.loads(line)["step"] for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+
+
+def test_rloo_trains_update_epochs_on_each_rollout(tmp_path):
+    summary = train(make_cfg(tmp_path, "objective=rloo", *RL, "rollout.every_n_epochs=2", "trainer.max_steps=6"))
+    assert summary["objective"] == "rloo" and summary["steps"] == 6
+    assert _refresh_steps(tmp_path) == [0, 4]  # a rollout, two passes of 2 steps over it, the next
+    final = summary["final"]
+    assert final["rollout/buffer_rows"] == 16 == summary["data"]["data/train_rows"]
+    assert {"rollout/kl", "rollout/kl_coef", "rollout/frac_reward_zero_std", "rloo/kl", "rloo/clip_frac"} <= set(final)
+    assert 0 <= final["rollout/frac_reward_zero_std"] <= 1
+
+
+def test_ppo_logs_its_diagnostics_and_adapts_the_kl_coefficient(tmp_path):
+    # horizon 16 = one rollout: a KL far under the target cuts β by 20% per rollout.
+    summary = train(make_cfg(tmp_path, "objective=ppo", *RL, "rollout.every_n_epochs=1", "trainer.max_steps=4",
+                             "objective.kl.controller=adaptive", "objective.kl.horizon=16"))  # fmt: skip
+    final = summary["final"]
+    for key in ("ppo/approx_kl", "ppo/clip_frac", "ppo/value_loss", "ppo/explained_var", "ppo/entropy",
+                "rollout/kl", "rollout/reward_mean", "rollout/frac_reward_zero_std"):  # fmt: skip
+        assert key in final, key
+    assert _metric_column(tmp_path, "rollout/kl_coef") == pytest.approx([0.05, 0.04])
+
+
+def test_ppo_with_a_separate_critic(tmp_path):
+    summary = train(make_cfg(tmp_path, "objective=ppo", *RL, "objective.critic=separate", "trainer.max_steps=2"))
+    assert summary["steps"] == 2 and "ppo/value_loss" in summary["final"]
+
+
+def test_rl_from_an_sft_start(tmp_path):
+    cache = f"init.cache_dir={tmp_path / 'cache'}"
+    summary = train(make_cfg(tmp_path / "run", "objective=rloo", *RL[1:], "init.max_steps=4", cache,
+                             "trainer.max_steps=2"))  # fmt: skip
+    assert summary["init"]["stage"] == "sft" and not summary["init"]["reused"]
+
+
+def test_reward_model_trains_exports_and_serves_rloo_and_best_of_n(tmp_path):
+    rm = train(make_cfg(tmp_path / "rm", "objective=rm", "init=none", "trainer.max_steps=4"))
+    assert rm["objective"] == "rm"
+    assert {"val/rm/accuracy", "test/rm/accuracy", "test/loss"} <= set(rm["final"]) and "val/accuracy" not in rm[
+        "final"
+    ]
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "model")
+    assert model.config.num_labels == 1
+    reward = ["reward=model", f"reward.name_or_path={tmp_path / 'rm' / 'model'}", "reward.device=cpu"]
+    summary = train(make_cfg(tmp_path / "rloo", "objective=rloo", *RL, *reward, "trainer.max_steps=2",
+                             "callbacks=best_of_n", "callbacks.best_of_n.num_samples=2",
+                             "callbacks.best_of_n.scorer=${reward}"))  # fmt: skip
+    rewards = [json.loads(line)["reward"] for line in (tmp_path / "rloo" / "rollouts.jsonl").read_text().splitlines()]
+    assert rewards and all(r not in (0.0, 1.0) for r in rewards)  # a reward model's scores, not a verifier's
+    assert summary["final"]["rollout/pass_rate"] == 0.0 or summary["final"]["rollout/reward_std"] > 0
+    assert "eval/bon@2" in summary["final"]
+
+
+def test_policy_gradient_needs_online_rollouts(tmp_path):
+    with pytest.raises(ValueError, match="online sampling"):
+        train(make_cfg(tmp_path / "a", "objective=rloo", "init=none", "rollout=none"))
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        train(make_cfg(tmp_path / "b", "objective=ppo", "init=none", "rollout.every_n_epochs=null"))
+    with pytest.raises(ValueError, match="placement"):
+        train(make_cfg(tmp_path / "c", "objective=ppo", "init=none", "objective.kl.placement=loss"))
+
+
+@pytest.mark.distributed
+def test_ddp_rloo_and_ppo(tmp_path):
+    for objective in ("rloo", "ppo"):
+        _cli(f"objective={objective}", *RL, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+             "trainer.max_steps=2", f"hydra.run.dir={tmp_path / objective}")  # fmt: skip
+        summary = json.loads((tmp_path / objective / "summary.json").read_text())
+        assert summary["final"]["rollout/buffer_rows"] == 16 and summary["steps"] == 2

@@ -25,7 +25,8 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, MissingMandatoryValue) as error:
         sys.exit(f"lit_align: {error}")
     except InstantiationException as error:
-        if isinstance(error.__cause__, ConfigError):  # raised by a loader that hydra called
+        # A loader's ConfigError, or a class refusing an argument value: one line, no traceback.
+        if isinstance(error.__cause__, ValueError):
             sys.exit(f"lit_align: {error.__cause__}")
         raise
 

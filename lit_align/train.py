@@ -71,7 +71,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = _instantiate_each(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the configured bar
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if cfg.get("rollout"):  # online sampling: the training rows come from the policy, scored by the reward
+    # `rollout=none` with an objective that sets rollout keys leaves a node without a _target_.
+    online = bool(cfg.get("rollout")) and "_target_" in cfg.rollout
+    if objective.batch_format == "rollout" and not online:
+        name = type(objective).__name__.lower()
+        raise ConfigError(f"objective={name} trains on rollouts from online sampling: keep rollout=online")
+    if online:  # online sampling: the training rows come from the policy, scored by the reward
         callbacks.append(instantiate(cfg.rollout, reward=instantiate(cfg.reward)))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_each(cfg.get("logger")), callbacks=callbacks)
     if objective.precompute_ref:

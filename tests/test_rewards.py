@@ -56,7 +56,7 @@ def test_composite_weights_and_unscorable_parts():
         CompositeReward({"math": MathReward()}, {"format": 1.0})
 
 
-def test_model_reward_scores_prompt_plus_completion_in_batches(tokenizer, tmp_path):
+def test_model_reward_scores_encoded_prompt_plus_completion_in_batches(tokenizer, tmp_path):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=0)  # fmt: skip
@@ -68,6 +68,9 @@ def test_model_reward_scores_prompt_plus_completion_in_batches(tokenizer, tmp_pa
     scores = one(prompts, completions)
     assert len(scores) == 3 and all(math.isfinite(s) for s in scores) and len(set(scores)) == 3
     assert four(prompts, completions) == pytest.approx(scores, abs=1e-5)  # padding does not change a score
+    # Encoded as training pairs are: bos + prompt + completion + eos, so an objective=rm model
+    # scores exactly the sequences it was trained on.
+    ids = [tokenizer.bos_token_id, *tokenizer(prompts[1] + completions[1])["input_ids"], tokenizer.eos_token_id]
     with torch.no_grad():
-        direct = model(**tokenizer(prompts[1] + completions[1], return_tensors="pt")).logits[0, 0].item()
+        direct = model(input_ids=torch.tensor([ids])).logits[0, 0].item()
     assert scores[1] == pytest.approx(direct, abs=1e-5)

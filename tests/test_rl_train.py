@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
+from hydra.errors import InstantiationException
 from transformers import AutoModelForSequenceClassification
 
 from lit_align.train import train
@@ -82,8 +85,13 @@ def test_policy_gradient_needs_online_rollouts(tmp_path):
         train(make_cfg(tmp_path / "a", "objective=rloo", "init=none", "rollout=none"))
     with pytest.raises(ValueError, match="every_n_epochs"):
         train(make_cfg(tmp_path / "b", "objective=ppo", "init=none", "rollout.every_n_epochs=null"))
-    with pytest.raises(ValueError, match="placement"):
+    with pytest.raises(InstantiationException, match=r"kl\.placement must be reward"):
         train(make_cfg(tmp_path / "c", "objective=ppo", "init=none", "objective.kl.placement=loss"))
+    args = ["objective=ppo", "init=none", "objective.kl.placement=loss", f"hydra.run.dir={tmp_path / 'd'}"]
+    out = subprocess.run([sys.executable, "-m", "lit_align", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1  # from the command line: one line, no traceback
+    message = "PPO puts the KL penalty in the per-token reward: kl.placement must be reward"
+    assert out.stderr.strip() == f"lit_align: {message}"
 
 
 @pytest.mark.distributed

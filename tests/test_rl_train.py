@@ -10,8 +10,10 @@ import sys
 
 import pytest
 from hydra.errors import InstantiationException
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, DebertaConfig, DebertaForSequenceClassification
 
+from lit_align.models.tiny import char_tokenizer
+from lit_align.rewards.model import ModelReward
 from lit_align.train import train
 from tests.conftest import make_cfg
 from tests.test_online import _cli
@@ -78,6 +80,23 @@ def test_reward_model_trains_exports_and_serves_rloo_and_best_of_n(tmp_path):
     assert rewards and all(r not in (0.0, 1.0) for r in rewards)  # a reward model's scores, not a verifier's
     assert summary["final"]["rollout/pass_rate"] == 0.0 or summary["final"]["rollout/reward_std"] > 0
     assert "eval/bon@2" in summary["final"]
+
+
+def test_reward_model_from_a_hub_style_deberta(tmp_path):
+    """`model=hf` with a DeBERTa sequence classifier saved locally, as a Hub one would be: it
+    trains on the task's pairs and serves as `reward=model`."""
+    tokenizer = char_tokenizer()
+    config = DebertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, num_labels=1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    DebertaForSequenceClassification(config).save_pretrained(tmp_path / "deberta")
+    tokenizer.save_pretrained(tmp_path / "deberta")
+    hub = ["model=hf", f"model.name_or_path={tmp_path / 'deberta'}", "data.num_train=64", "data.num_val=8"]
+    summary = train(make_cfg(tmp_path / "rm", "objective=rm", "init=none", *hub, "data.num_test=8"))
+    assert "val/rm/accuracy" in summary["final"] and summary["steps"] == 6
+    trained = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "model")
+    assert isinstance(trained, DebertaForSequenceClassification)
+    scores = ModelReward(str(tmp_path / "rm" / "model"))(["2+2=?\n"] * 2, ["#### 4", "#### 5"])
+    assert len(scores) == 2 and scores[0] != scores[1]
 
 
 def test_policy_gradient_needs_online_rollouts(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -25,10 +26,17 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, MissingMandatoryValue) as error:
         sys.exit(f"lit_align: {error}")
     except InstantiationException as error:
-        # A loader's ConfigError, or a class refusing an argument value: one line, no traceback.
-        if isinstance(error.__cause__, ValueError):
-            sys.exit(f"lit_align: {error.__cause__}")
+        # A loader's ConfigError, or one of our classes refusing an argument value: one line,
+        # no traceback. A ValueError from a library keeps its traceback.
+        cause = error.__cause__
+        if isinstance(cause, ConfigError) or (isinstance(cause, ValueError) and _raised_by_lit_align(cause)):
+            sys.exit(f"lit_align: {cause}")
         raise
+
+
+def _raised_by_lit_align(error: BaseException) -> bool:
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_HERE)
 
 
 if __name__ == "__main__":

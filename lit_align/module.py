@@ -128,7 +128,8 @@ class AlignModule(L.LightningModule):
             scores = self.policy(input_ids=ids, attention_mask=mask).logits[:, 0].float()
             return self.objective(micro, scores, None, normalizer)
         shared_critic = self.critic is not None and self.critic.trunk is None
-        out = policy_forward(self.policy, ids, mask, entropy=self.objective.needs_entropy, hidden=shared_critic)
+        out = policy_forward(self.policy, ids, mask, entropy=self.objective.needs_entropy, hidden=shared_critic,
+                             entropy_grad=self.objective.entropy_grad)  # fmt: skip
         extras = {}
         if self.critic is not None:
             extras["values"] = self.critic(ids, mask, out.hidden)

@@ -14,6 +14,7 @@ from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
 from lit_align.data.collate import StepCollator, collate_rollout
+from lit_align.models.forward import policy_forward
 from lit_align.models.value import ValueHead
 from lit_align.module import AlignModule
 from lit_align.objectives.policy_gradient import KLPenalty
@@ -244,3 +245,35 @@ def test_split_rollout_keeps_the_sampled_tokens_and_their_log_probs():
     ]
     assert rows[0]["advantages"] == [1.0, 1.0] and rows[1]["advantages"] == [-1.0, -1.0, -1.0]
     assert kl == [2.0, 3.0] and rows[1]["response_truncated"]  # k1: log π − log π_ref = 1 per token
+
+
+def test_k3_in_the_loss_ignores_very_unlikely_prompt_tokens():
+    """A prompt token at log-prob −100 would overflow k3's exp (inf · 0 = NaN); off the response
+    the KL is not computed at all."""
+    row = {"input_ids": [1, 3, 5, 5], "prompt_len": 2, "advantages": [1.0, -1.0], "old_logps": [-1.0, -1.0],
+           "ref_logps": [-1.5, -1.5]}  # fmt: skip
+    batch = collate_rollout([row], pad_id=0)
+    logps = batch["old_logps"].clone()
+    logps[0, 0] = -100.0  # the prompt token 3, outside the loss mask
+    logps.requires_grad_()
+    rloo = RLOO(KLPenalty(coef=0.1, estimator="k3", placement="loss"))
+    out = rloo(batch, logps, None, rloo.normalizer(batch))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(logps.grad).all() and logps.grad[0, 0] == 0
+
+
+def test_ppo_reports_the_kl_of_unscorable_samples_too():
+    ppo = PPO(KLPenalty(coef=0.1), whiten_advantages=False)
+    rewards, logps, ref, mask = _prepare_args([NAN, 0.0])  # the unscorable sample 0 has KL 0.5
+    exp = ppo.prepare(rewards, logps, ref, mask, num_samples=2, values=torch.zeros(2, 2))
+    assert_close(exp.kl, torch.tensor([0.5, 0.0]))
+    assert exp.keep.tolist() == [False, True]
+
+
+def test_entropy_has_a_gradient_only_for_an_entropy_bonus(tiny_model):
+    ids, mask = torch.tensor([[1, 5, 6, 7]]), torch.ones(1, 4, dtype=torch.long)
+    logged = policy_forward(tiny_model, ids, mask, entropy=True, entropy_grad=False).entropy
+    bonus = policy_forward(tiny_model, ids, mask, entropy=True, entropy_grad=True).entropy
+    assert not logged.requires_grad and bonus.requires_grad and torch.equal(logged, bonus.detach())
+    assert logged.shape == (1, 3) and (logged > 0).all()
+    assert not PPO().entropy_grad and PPO(entropy_coef=0.01).entropy_grad

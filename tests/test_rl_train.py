@@ -104,6 +104,8 @@ def test_policy_gradient_needs_online_rollouts(tmp_path):
         train(make_cfg(tmp_path / "a", "objective=rloo", "init=none", "rollout=none"))
     with pytest.raises(ValueError, match="every_n_epochs"):
         train(make_cfg(tmp_path / "b", "objective=ppo", "init=none", "rollout.every_n_epochs=null"))
+    with pytest.raises(ValueError, match="samples from the policy itself"):
+        train(make_cfg(tmp_path / "e", "objective=rloo", "init=none", "rollout.temperature=0.7"))
     with pytest.raises(InstantiationException, match=r"kl\.placement must be reward"):
         train(make_cfg(tmp_path / "c", "objective=ppo", "init=none", "objective.kl.placement=loss"))
     args = ["objective=ppo", "init=none", "objective.kl.placement=loss", f"hydra.run.dir={tmp_path / 'd'}"]

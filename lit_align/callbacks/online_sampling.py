@@ -34,8 +34,9 @@ class OnlineSampling(L.Callback):
     The first buffer is sampled when fitting starts. An epoch is one pass over the buffer; with
     ``every_n_epochs`` the buffer is re-sampled after every N epochs (iterative AFT), otherwise
     the first buffer serves the whole run (the AFT paper's single round). A pass over a buffer
-    of ``num_prompts`` groups is ``num_prompts / data.batch_size`` steps, so ``num_prompts``
-    sets how many steps pass between refreshes.
+    of ``num_prompts`` groups is ``num_prompts / data.batch_size`` steps (for RLOO and PPO,
+    whose rows are samples, ``num_prompts × num_samples / data.batch_size``), so
+    ``num_prompts`` sets how many steps pass between refreshes.
 
     Prompts come from the datamodule's ``prompt_set()`` in a seeded order, each refresh taking
     the next ``num_prompts`` (wrapping around). Under DDP each rank samples its own shard of
@@ -102,11 +103,17 @@ class OnlineSampling(L.Callback):
             return
         if pl_module.objective.precompute_ref:
             raise ValueError("objective.precompute_ref scores a fixed dataset once; online sampling refreshes it")
-        if trainer.datamodule.batch_format == "rollout" and not self.every_n_epochs:
-            raise ValueError(
-                f"{type(pl_module.objective).__name__} learns on-policy: set rollout.every_n_epochs "
-                "(update epochs per rollout), or the first rollout would serve the whole run"
-            )
+        if trainer.datamodule.batch_format == "rollout":
+            name = type(pl_module.objective).__name__
+            if not self.every_n_epochs:
+                raise ValueError(
+                    f"{name} learns on-policy: set rollout.every_n_epochs (update epochs per rollout), "
+                    "or the first rollout would serve the whole run"
+                )
+            sampler = self.sampler
+            if sampler.temperature != 1 or sampler.top_p < 1 or sampler.top_k > 0:
+                # The ratio π/π_old and the on-policy gradient assume samples from π itself.
+                raise ValueError(f"{name} needs samples from the policy itself: temperature=1, top_p=1, top_k=0")
         if self.every_n_epochs:
             # The buffer changes at epoch ends; Lightning must ask for a new loader to see it.
             trainer.reload_dataloaders_every_n_epochs = self.every_n_epochs
@@ -140,8 +147,11 @@ class OnlineSampling(L.Callback):
             gathered: list[Any] = [None] * trainer.world_size
             dist.all_gather_object(gathered, samples)
             samples = {key: [v for part in gathered for v in part[key]] for key in samples}
-        if datamodule.batch_format == "rollout":  # built per rank, from its own model outputs
-            rows = samples["rows"]
+        if datamodule.batch_format == "rollout":
+            # After the gather, so advantages (and PPO's whitening) see the whole rollout, and
+            # every rank builds the same rows from the same samples.
+            rows, kl = experience_rows(pl_module.objective, samples["experience"], samples["rewards"],
+                                       self.sampler.num_samples, samples["truncated"])  # fmt: skip
         else:
             rows = rows_from_samples(datamodule.batch_format, samples["prompts"], samples["completions"],
                                      samples["rewards"], self.sampler.num_samples, self.threshold,
@@ -159,10 +169,10 @@ class OnlineSampling(L.Callback):
         self.refreshes += 1
         k = self.sampler.num_samples
         metrics = rollout_metrics(samples["rewards"], samples["lengths"], samples["truncated"], self.threshold, k)
-        if "kl" in samples:
-            kl = sum(samples["kl"]) / max(len(samples["kl"]), 1)
-            metrics |= {"rollout/kl": kl, "rollout/kl_coef": float(pl_module.objective.kl_coef)}
-            pl_module.objective.update_kl_coef(kl, len(samples["kl"]))  # the same on every rank
+        if datamodule.batch_format == "rollout":
+            mean_kl = sum(kl) / max(len(kl), 1)
+            metrics |= {"rollout/kl": mean_kl, "rollout/kl_coef": float(pl_module.objective.kl_coef)}
+            pl_module.objective.update_kl_coef(mean_kl, len(kl))  # the same on every rank
         metrics |= {"rollout/buffer_rows": float(len(rows)), "rollout/seconds": time.perf_counter() - started}
         self._log(trainer, metrics, samples)
         rank_zero_info(
@@ -183,7 +193,8 @@ class OnlineSampling(L.Callback):
         tokenizer, policy, k = pl_module.tokenizer, pl_module.policy, self.sampler.num_samples
         out: dict[str, list[Any]] = {"prompts": [], "completions": [], "lengths": [], "truncated": []}
         rl = datamodule.batch_format == "rollout"
-        experience: list[dict[str, Any]] = []
+        if rl:
+            out["experience"] = []
         if self.include_reference and "solution" in prompts.column_names and not rl:
             out["references"] = prompts["solution"]
         for start in range(0, len(prompts), self.generation_batch_size):
@@ -196,7 +207,7 @@ class OnlineSampling(L.Callback):
                                    seed=seed, with_logps=False)  # fmt: skip
             if rl:  # the tokens as sampled, with the policy's, reference's (and critic's) outputs
                 scored = pl_module.score_rollout(rollout.input_ids, rollout.attention_mask)
-                experience += split_rollout(rollout, *scored)
+                out["experience"] += split_rollout(rollout, *scored)
             out["prompts"] += texts
             out["completions"] += rollout.completions
             out["lengths"] += rollout.response_mask.sum(-1).tolist()
@@ -206,9 +217,6 @@ class OnlineSampling(L.Callback):
         }
         repeated = [p for p in out["prompts"] for _ in range(k)]
         out["rewards"] = score(self.reward, repeated, out["completions"], **columns)
-        if rl:
-            rows, kl = experience_rows(pl_module.objective, experience, out["rewards"], k, out["truncated"])
-            out["rows"], out["kl"] = rows, kl
         return out
 
     def _log(self, trainer: L.Trainer, metrics: dict[str, float], samples: dict[str, list[Any]]) -> None:

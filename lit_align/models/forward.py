@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
@@ -35,18 +36,27 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 
 def policy_forward(
-    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, entropy: bool = False, hidden: bool = False
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    entropy: bool = False,
+    hidden: bool = False,
+    entropy_grad: bool = True,
 ) -> PolicyOutput:
-    """Log-probs of each next token, and on request their entropies and the last hidden states
-    (for a value head that shares the policy's trunk), all from one forward."""
+    """Log-probs of each next token, and on request their entropies (detached unless
+    ``entropy_grad``) and the last hidden states (for a value head that shares the policy's
+    trunk), all from one forward."""
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
         use_cache=False, output_hidden_states=hidden,
     )  # fmt: skip
-    logits = out.logits[:, :-1]
+    entropies = None
+    if entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropies = token_entropy(out.logits[:, :-1])
     return PolicyOutput(
         logps=shifted_logps(out.logits, input_ids),
-        entropy=token_entropy(logits) if entropy else None,
+        entropy=entropies,
         hidden=out.hidden_states[-1] if hidden else None,
     )
 

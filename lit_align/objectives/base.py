@@ -44,6 +44,9 @@ class Objective(nn.Module):
     # distribution.
     needs_values: bool = False
     needs_entropy: bool = False
+    # Whether the entropy needs a gradient (an entropy bonus); without one it is computed under
+    # no_grad, so logging it does not keep a float32 (batch, seq, vocab) tensor for backward.
+    entropy_grad: bool = False
 
     def normalizer(self, batch: dict[str, Tensor]) -> Tensor:
         """How many units (tokens, sequences, pairs…) the loss averages over in ``batch``.

@@ -30,7 +30,8 @@ def shifted_logps(logits: Tensor, input_ids: Tensor) -> Tensor:
 
 def token_entropy(logits: Tensor) -> Tensor:
     """``(batch, seq, vocab)`` logits → ``(batch, seq)`` entropy −Σ p·log p of each distribution,
-    in float32 one row at a time (as `token_logps`), with gradient."""
+    in float32 one row at a time. Under autograd every row's float32 softmax is kept for
+    backward; call it under no_grad when only the value is needed."""
     rows = []
     for row in logits:
         logp = torch.log_softmax(row.float(), dim=-1)

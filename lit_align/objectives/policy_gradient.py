@@ -32,8 +32,8 @@ class KLPenalty:
     coef: float = 0.05
     """β, the KL coefficient (the starting value with the adaptive controller)."""
     estimator: str = "k1"
-    """Per-token KL estimate: ``k1`` (log-ratio), ``k2`` (½ squared log-ratio) or ``k3``
-    (ratio − 1 − log-ratio); see `lit_align.objectives.rl.kl_estimate`."""
+    """Per-token KL estimate from d = log π − log π_ref: ``k1`` = d, ``k2`` = d²/2 or ``k3`` =
+    π_ref/π − 1 − log(π_ref/π); see `lit_align.objectives.rl.kl_estimate`."""
     placement: str = "reward"
     """``reward``: β·KL is subtracted from the reward before advantages (RLOO paper; PPO's
     per-token penalty); ``loss``: a separate β·KL term in the loss, with gradient (GRPO; RLOO

@@ -87,6 +87,7 @@ class PPO(PolicyGradientObjective):
             raise ValueError(f"critic_lr_scale must be > 0, got {critic_lr_scale}")
         self.gamma, self.lam, self.whiten_advantages, self.critic = gamma, lam, whiten_advantages, critic
         self.critic_lr_scale = critic_lr_scale
+        self.entropy_grad = entropy_coef > 0
 
     def prepare(
         self,
@@ -100,9 +101,9 @@ class PPO(PolicyGradientObjective):
         if values is None:
             raise ValueError("PPO needs the critic's values of the rollout")
         keep = ~rewards.isnan()
+        kl = kl_estimate(logps, ref_logps, self.kl.estimator) * mask  # every sample's, for the controller
         mask = mask * keep[:, None].to(mask.dtype)  # unscorable samples: no reward to propagate
-        kl = kl_estimate(logps, ref_logps, self.kl.estimator) * mask
-        token_rewards = -float(self.kl_coef) * kl
+        token_rewards = -float(self.kl_coef) * kl * mask
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = (positions * mask).argmax(dim=1)  # the last response token of each row
         token_rewards[torch.arange(len(mask)), last] += rewards.nan_to_num(0.0) * keep

@@ -64,7 +64,8 @@ class RLOO(PolicyGradientObjective):
         if self.kl.placement == "reward":
             sequence_reward = sequence_reward - float(self.kl_coef) * kl
         advantages = rloo_advantages(sequence_reward.view(-1, num_samples), valid.view(-1, num_samples))
-        # Unscorable samples stay as rows: advantage 0, but they still count in the KL term.
+        # Unscorable samples stay as rows with advantage 0: they count in the normalizer and,
+        # with placement=loss, in the KL term.
         return Experience(advantages.view(-1, 1) * mask, None, kl, torch.ones_like(valid))
 
     def forward(
@@ -84,6 +85,9 @@ class RLOO(PolicyGradientObjective):
             metrics["rloo/clip_frac"] = masked_mean(clipped.float(), mask)
         if ref_logps is None:
             ref_logps = batch["ref_logps"]
+        # Off the response the stored reference is a 0 filler: compare log π with itself there,
+        # so k3's exp cannot overflow on a prompt token (inf · 0 would make the loss NaN).
+        ref_logps = torch.where(mask.bool(), ref_logps, logps.detach())
         kl = kl_estimate(logps, ref_logps, self.kl.estimator)
         if self.kl.placement == "loss":
             losses = losses + self.kl_coef.to(logps.dtype) * kl

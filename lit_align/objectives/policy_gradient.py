@@ -89,7 +89,6 @@ class PolicyGradientObjective(Objective):
 
     batch_format = "rollout"
     needs_reference = True
-    needs_values = False
 
     def __init__(self, kl: KLPenalty, aggregation: str) -> None:
         super().__init__()

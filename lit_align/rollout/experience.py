@@ -24,8 +24,6 @@ from torch import Tensor
 from lit_align.objectives.policy_gradient import PolicyGradientObjective
 from lit_align.rollout.sampler import Rollout
 
-PER_TOKEN = ("old_logps", "ref_logps", "values")
-
 
 def split_rollout(rollout: Rollout, logps: Tensor, ref_logps: Tensor, values: Tensor | None) -> list[dict[str, Any]]:
     """Per sample of a left-padded rollout: its unpadded ``prompt_ids`` and ``response_ids``,

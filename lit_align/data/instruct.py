@@ -1,0 +1,187 @@
+"""The built-in instruction-following task: generated instructions whose compliance a program
+checks (`lit_align.rewards.instruct`), with no download.
+
+An instruction is a task ("Repeat the word cat 3 times.", "Count down from 9 to 5.", "Spell the
+word mango backwards.", "Name 3 fruits, separated by commas.") and up to ``max_modifiers``
+format constraints ("Use capital letters only.", "Put your answer in square brackets.", "End
+with the word done."). The gold response complies with all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+from transformers import PreTrainedTokenizerBase
+
+from lit_align.data.datamodule import AlignDataModule
+from lit_align.rewards.instruct import CATEGORIES, checks, content, parse_spec, render
+
+WORDS = (
+    "cat", "sun", "tree", "blue", "river", "stone", "cloud", "lamp", "bird", "paper", "moon", "apple",
+    "chair", "snow", "road", "glass", "wind", "bread", "ship", "leaf", "coin", "door", "fish", "rain",
+)  # fmt: skip
+END_WORDS = ("done", "end", "stop", "over")
+
+
+def make_instruction(rng: random.Random, max_count: int, max_modifiers: int) -> dict[str, Any]:
+    """One instruction: ``{"instruction", "spec", "response"}`` (the spec as a dict)."""
+    task = rng.choice(("repeat", "countdown", "reverse", "list"))
+    if task == "repeat":
+        spec: dict[str, Any] = {"task": task, "word": rng.choice(WORDS), "n": rng.randint(2, max_count)}
+        text = f"Repeat the word {spec['word']} {spec['n']} times."
+    elif task == "countdown":
+        stop = rng.randint(1, 20)
+        spec = {"task": task, "start": stop + rng.randint(2, max_count - 1), "stop": stop}
+        text = f"Count down from {spec['start']} to {spec['stop']}."
+    elif task == "reverse":
+        spec = {"task": task, "word": rng.choice(WORDS)}
+        text = f"Spell the word {spec['word']} backwards."
+    else:
+        category = rng.choice(sorted(CATEGORIES))
+        k = rng.randint(2, min(max_count, 5))
+        spec = {"task": task, "category": category, "k": k, "items": rng.sample(CATEGORIES[category], k)}
+        text = f"Name {k} {category}, separated by commas."
+    modifiers = ["upper", "brackets", "end"] if task != "countdown" else ["brackets", "end"]
+    for modifier in rng.sample(modifiers, rng.randint(0, min(max_modifiers, len(modifiers)))):
+        if modifier == "upper":
+            spec["upper"] = True
+            text += " Use capital letters only."
+        elif modifier == "brackets":
+            spec["brackets"] = True
+            text += " Put your answer in square brackets."
+        else:
+            spec["end"] = rng.choice(END_WORDS)
+            text += f" End with the word {spec['end']}."
+    return {"instruction": text, "spec": spec, "response": render(content(spec), spec)}
+
+
+def violate(rng: random.Random, spec: dict[str, Any], broken: set[str]) -> str:
+    """A response that meets every constraint of ``spec`` except those in ``broken``."""
+    answer = content(spec)
+    if "task" in broken:
+        words = answer.split()
+        if spec["task"] == "reverse":
+            answer = spec["word"] if spec["word"] != spec["word"][::-1] else spec["word"] + "s"
+        elif spec["task"] == "list":
+            answer = ", ".join(spec["items"][:-1])  # one item short
+        elif rng.random() < 0.5:
+            answer = " ".join(words + words[-1:])  # one too many
+        else:
+            answer = " ".join(words[:-1] if len(words) > 1 else words * 2)
+    kept = {key: value for key, value in spec.items() if key not in broken or key == "task"}
+    return render(answer, kept)
+
+
+class InstructDataModule(AlignDataModule):
+    """The instruction task in every batch format; held-out rows carry the spec as ``answer``
+    and are scored all-or-nothing (every constraint met) by `verify`.
+
+    - ``sft``: instruction → the compliant response.
+    - ``pairs``: the compliant response is chosen; rejected breaks 1 to all of its constraints.
+    - ``groups``: the compliant response and ``group_size - 1`` others, ranked by how many
+      constraints they break.
+
+    Args:
+        seed: the task instance (fixed, not the training seed).
+        num_train, num_val, num_test: split sizes.
+        max_count: the largest count or range length asked for (difficulty).
+        max_modifiers: format constraints per instruction, 0 to 3 (difficulty).
+        group_size: responses per instruction in the ``groups`` format.
+        prompt_template: how an instruction becomes a prompt; ``{instruction}`` is replaced.
+        **loader: batch and length settings of `AlignDataModule`.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        seed: int = 0,
+        num_train: int = 20000,
+        num_val: int = 200,
+        num_test: int = 300,
+        max_count: int = 6,
+        max_modifiers: int = 2,
+        group_size: int = 4,
+        prompt_template: str = "{instruction}\n",
+        **loader: Any,
+    ) -> None:
+        super().__init__(tokenizer, **loader)
+        if max_count < 3 or not 0 <= max_modifiers <= 3 or group_size < 2:
+            raise ValueError(f"need max_count >= 3, max_modifiers in 0..3, group_size >= 2; got "
+                             f"{max_count}, {max_modifiers}, {group_size}")  # fmt: skip
+        self.task = dict(seed=seed, sizes=(num_train, num_val, num_test), max_count=max_count,
+                         max_modifiers=max_modifiers)  # fmt: skip
+        self.group_size, self.prompt_template = group_size, prompt_template
+        self._problems: DatasetDict | None = None
+
+    def problems(self) -> DatasetDict:
+        """The generated instructions (``instruction``, ``answer`` = the spec as JSON,
+        ``solution`` = the compliant response), made once. Held-out instructions are drawn first
+        and are distinct; training draws from the same distribution without them, so the
+        held-out splits test unseen combinations (a word with a new count or new modifiers)."""
+        if self._problems is None:
+            rng, held_out = random.Random(self.task["seed"]), set()
+            num_train, num_val, num_test = self.task["sizes"]
+            splits = {}
+            for name, size in (("validation", num_val), ("test", num_test), ("train", num_train)):
+                rows = []
+                for _ in range(1000 * size):
+                    if len(rows) == size:
+                        break
+                    row = make_instruction(rng, self.task["max_count"], self.task["max_modifiers"])
+                    if row["instruction"] in held_out:
+                        continue
+                    if name != "train":
+                        held_out.add(row["instruction"])
+                    spec = json.dumps(row["spec"], sort_keys=True)
+                    rows.append({"instruction": row["instruction"], "answer": spec, "solution": row["response"]})
+                if len(rows) < size:
+                    raise ValueError(f"only {len(rows)} distinct {name} instructions; lower num_val/num_test")
+                splits[name] = Dataset.from_list(rows)
+            self._problems = DatasetDict(splits)
+        return self._problems
+
+    def verify(self, completion: str, answer: str) -> float | None:
+        spec = parse_spec(answer)
+        return None if spec is None else float(all(checks(completion, spec).values()))
+
+    def prompt_set(self) -> Dataset:
+        """The training instructions as prompts with their ``answer`` (spec) and ``solution``."""
+        template = self.prompt_template
+        return self.problems()["train"].map(
+            lambda row: {"prompt": template.format(instruction=row["instruction"])}, remove_columns=["instruction"]
+        )
+
+    def build_splits(self) -> DatasetDict:
+        splits = self.problems()
+        rng = random.Random(self.task["seed"] + 1)
+
+        def train_row(row: dict[str, str]) -> dict[str, Any]:
+            prompt, spec = self.prompt_template.format(instruction=row["instruction"]), json.loads(row["answer"])
+            if self.batch_format == "sft":
+                return {"prompt": prompt, "response": row["solution"]}
+            if self.batch_format == "rollout":
+                return {"prompt": prompt}
+            constraints = ["task", *(m for m in ("upper", "brackets", "end") if spec.get(m))]
+            if self.batch_format == "pairs":
+                broken = set(rng.sample(constraints, rng.randint(1, len(constraints))))
+                return {"prompt": prompt, "chosen": row["solution"], "rejected": violate(rng, spec, broken)}
+            responses = [{"text": row["solution"], "correct": True, "rank": 0, "reference": False}]
+            for _ in range(self.group_size - 1):
+                broken = set(rng.sample(constraints, rng.randint(1, len(constraints))))
+                responses.append({"text": violate(rng, spec, broken), "correct": False, "rank": len(broken),
+                                  "reference": False})  # fmt: skip
+            return {"prompt": prompt, "responses": responses}
+
+        def held_out_row(row: dict[str, str]) -> dict[str, Any]:
+            if not self.eval_by_generation:
+                return train_row(row)
+            return {"prompt": self.prompt_template.format(instruction=row["instruction"]), "answer": row["answer"]}
+
+        return DatasetDict(
+            train=Dataset.from_list([train_row(r) for r in splits["train"]]),
+            validation=Dataset.from_list([held_out_row(r) for r in splits["validation"]]),
+            test=Dataset.from_list([held_out_row(r) for r in splits["test"]]),
+        )

@@ -1,0 +1,130 @@
+"""The built-in instruction task: every constraint's verifier, the generator, and short runs."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from lit_align.data.instruct import InstructDataModule, make_instruction, violate
+from lit_align.rewards.instruct import InstructionReward, checks, parse_spec
+from lit_align.train import train
+from tests.conftest import make_cfg
+
+REPEAT = {"task": "repeat", "word": "cat", "n": 3}
+COUNTDOWN = {"task": "countdown", "start": 9, "stop": 6}
+REVERSE = {"task": "reverse", "word": "mango"}
+LIST = {"task": "list", "category": "fruits", "k": 3, "items": ["apple", "pear", "fig"]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "response", "met"),
+    [
+        (REPEAT, "cat cat cat", True),
+        (REPEAT, "Cat  cat CAT", True),  # content is judged case- and spacing-insensitively
+        (REPEAT, "cat cat", False),
+        (REPEAT, "cat cat cat cat", False),
+        (REPEAT, "dog dog dog", False),
+        (COUNTDOWN, "9 8 7 6", True),
+        (COUNTDOWN, "9, 8, 7, 6", True),
+        (COUNTDOWN, "6 7 8 9", False),
+        (COUNTDOWN, "9 8 6", False),
+        (REVERSE, "ognam", True),
+        (REVERSE, "mango", False),
+        (REVERSE, "o g n a m", False),
+        (LIST, "apple, pear, fig", True),
+        (LIST, "kiwi, lime, plum", True),  # any distinct items of the category
+        (LIST, "apple, pear", False),
+        (LIST, "apple, apple, fig", False),
+        (LIST, "apple, pear, dog", False),
+        (LIST, "", False),
+    ],
+)
+def test_task_constraints(spec, response, met):
+    assert checks(response, spec) == {"task": met}
+
+
+@pytest.mark.parametrize(
+    ("modifiers", "response", "expected"),
+    [
+        ({"upper": True}, "CAT CAT CAT", {"upper": True, "task": True}),
+        ({"upper": True}, "CAT cat CAT", {"upper": False, "task": True}),
+        ({"brackets": True}, "[cat cat cat]", {"brackets": True, "task": True}),
+        ({"brackets": True}, "cat cat cat", {"brackets": False, "task": True}),
+        ({"brackets": True}, "[cat cat]", {"brackets": True, "task": False}),
+        ({"end": "done"}, "cat cat cat done", {"end": True, "task": True}),
+        ({"end": "done"}, "cat cat cat", {"end": False, "task": True}),
+        ({"end": "done"}, "cat cat done cat", {"end": False, "task": False}),
+        ({"upper": True, "brackets": True, "end": "stop"}, "[CAT CAT CAT STOP]",
+         {"upper": True, "brackets": True, "end": True, "task": True}),
+        ({"upper": True, "brackets": True, "end": "stop"}, "[cat cat cat]",
+         {"upper": False, "brackets": True, "end": False, "task": True}),
+    ],
+)  # fmt: skip
+def test_format_constraints_are_judged_each_on_its_own(modifiers, response, expected):
+    assert checks(response, REPEAT | modifiers) == expected
+
+
+def test_upper_needs_letters():
+    assert checks("9 8 7 6 DONE", COUNTDOWN | {"upper": True, "end": "done"})["upper"]
+    assert not checks("9 8 7 6", COUNTDOWN | {"upper": True})["upper"]
+
+
+def test_reward_is_the_fraction_met_and_none_when_unjudgeable():
+    spec = json.dumps(REPEAT | {"upper": True, "end": "done"})
+    reward = InstructionReward()
+    scores = reward(["p"] * 4, ["CAT CAT CAT DONE", "cat cat cat done", "CAT CAT", "x"], answer=[spec] * 3 + ["7"])
+    # all three; all but capitals; capitals only (two words, and no end word)
+    assert scores[:3] == pytest.approx([1.0, 2 / 3, 1 / 3]) and scores[3] is None
+    assert parse_spec("not json") is None and parse_spec('{"task": "dance"}') is None
+
+
+def test_generated_responses_comply_and_violations_break_what_they_say():
+    rng = random.Random(0)
+    for _ in range(2000):
+        row = make_instruction(rng, max_count=6, max_modifiers=3)
+        spec = row["spec"]
+        assert all(checks(row["response"], spec).values()), row
+        constraints = ["task", *(m for m in ("upper", "brackets", "end") if spec.get(m))]
+        broken = set(rng.sample(constraints, rng.randint(1, len(constraints))))
+        result = checks(violate(rng, spec, broken), spec)
+        assert {name for name, ok in result.items() if not ok} == broken, (row, broken, result)
+
+
+def test_datamodule_splits_formats_and_verify(tokenizer):
+    def build(batch_format):
+        dm = InstructDataModule(tokenizer, num_train=50, num_val=20, num_test=20, batch_format=batch_format)
+        dm.setup()
+        return dm
+
+    dm = build("sft")
+    problems = dm.problems()
+    assert not set(problems["train"]["instruction"]) & set(problems["test"]["instruction"])
+    assert len(set(problems["validation"]["instruction"])) == 20
+    assert problems["train"]["instruction"] == build("pairs").problems()["train"]["instruction"]  # seeded
+    row = problems["test"][0]
+    assert dm.verify(row["solution"], row["answer"]) == 1.0 and dm.verify("nonsense", row["answer"]) == 0.0
+    pairs = build("pairs")._raw_train
+    for pair in pairs:
+        assert pair["chosen"] != pair["rejected"]
+    groups = build("groups")._raw_train
+    assert all(len(g["responses"]) == 4 and g["responses"][0]["rank"] == 0 for g in groups)
+    assert {"prompt", "answer", "solution"} <= set(dm.prompt_set().column_names)
+
+
+SMALL = ["data=instruct", "data.num_train=64", "data.num_val=8", "data.num_test=8"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # SFT
+        ["objective=dpo"],
+        ["objective=rloo", "init=none", "reward=instruct", "rollout.num_prompts=4"],
+    ],
+    ids=["sft", "dpo", "rloo"],
+)
+def test_instruct_runs(tmp_path, overrides):
+    summary = train(make_cfg(tmp_path, *SMALL, *overrides))
+    assert summary["steps"] == 6 and "val/accuracy" in summary["final"]

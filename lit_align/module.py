@@ -127,9 +127,8 @@ class AlignModule(L.LightningModule):
         if self.objective.inputs == "scores":  # a reward model: one score per sequence
             scores = self.policy(input_ids=ids, attention_mask=mask).logits[:, 0].float()
             return self.objective(micro, scores, None, normalizer)
-        shared_critic = self.critic is not None and self.critic.trunk is None
-        out = policy_forward(self.policy, ids, mask, entropy=self.objective.needs_entropy, hidden=shared_critic,
-                             entropy_grad=self.objective.entropy_grad)  # fmt: skip
+        out = policy_forward(self.policy, ids, mask, entropy=self.objective.needs_entropy,
+                             hidden=self._critic_reads_policy, entropy_grad=self.objective.entropy_grad)  # fmt: skip
         extras = {}
         if self.critic is not None:
             extras["values"] = self.critic(ids, mask, out.hidden)
@@ -141,14 +140,19 @@ class AlignModule(L.LightningModule):
                 ref_logps = forward_logps(self.reference, ids, mask)
         return self.objective(micro, out.logps, ref_logps, normalizer, **extras)
 
+    @property
+    def _critic_reads_policy(self) -> bool:
+        """A shared-trunk critic reads the policy's last hidden states from the same forward."""
+        return self.critic is not None and self.critic.trunk is None
+
     @torch.no_grad()
     def score_rollout(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """For online sampling: the sampling policy's, the reference's and the critic's
         ``(N, L - 1)`` per-token log-probs and values of sampled sequences, in eval mode (the
-        values are ``None`` without a critic)."""
-        shared_critic = self.critic is not None and self.critic.trunk is None
+        values are ``None`` without a critic; without a reference the policy's own log-probs
+        stand in for it)."""
         with eval_mode(self.policy):
-            out = policy_forward(self.policy, input_ids, attention_mask, hidden=shared_critic)
+            out = policy_forward(self.policy, input_ids, attention_mask, hidden=self._critic_reads_policy)
             values = None
             if self.critic is not None:
                 with eval_mode(self.critic):

@@ -60,7 +60,8 @@ class OnlineSampling(L.Callback):
         max_new_tokens, temperature, top_p, top_k: sampling settings.
         threshold: the reward at which a sample counts as correct (positive).
         include_reference: add each prompt's gold ``solution``, when the prompt set has that
-            column, to its rows: AFT fine-tunes on it beside the passing samples, SFT trains on it.
+            column, to its rows: AFT fine-tunes on it beside the passing samples, SFT trains on
+            it. RLOO and PPO ignore it: they train on samples only.
         seed: seeds the prompt order and every refresh's sampling.
         log_samples: samples per refresh written to the sample table.
     """

@@ -22,7 +22,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
-from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.generated import GeneratedTaskDataModule
 
 NAMES = (
     "Mia", "Tom", "Ann", "Leo", "Ivy", "Sam", "Zoe", "Max", "Eva", "Ben",
@@ -147,7 +147,7 @@ def arith_splits(
     )
 
 
-class ArithDataModule(AlignDataModule):
+class ArithDataModule(GeneratedTaskDataModule):
     """The built-in arithmetic task in every batch format, with no download.
 
     - ``sft``: question → its chain of thought.
@@ -183,58 +183,17 @@ class ArithDataModule(AlignDataModule):
         prompt_template: str = "{question}\n",
         **loader: Any,
     ) -> None:
-        super().__init__(tokenizer, **loader)
-        if group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (one correct chain and a wrong one), got {group_size}")
+        super().__init__(tokenizer, seed, group_size, prompt_template, **loader)
         self.task = dict(
             seed=seed, num_train=num_train, num_val=num_val, num_test=num_test,
             digits=digits, steps=steps, operations=operations,
         )  # fmt: skip
-        self.group_size = group_size
-        self.prompt_template = prompt_template
-        self._problems: DatasetDict | None = None
 
-    def problems(self) -> DatasetDict:
-        """The generated problems (``question``, ``solution``, ``answer``), made once."""
-        if self._problems is None:
-            self._problems = arith_splits(**self.task)
-        return self._problems
+    def generate(self) -> DatasetDict:
+        """Problems with ``question``, ``solution`` and ``answer``."""
+        return arith_splits(**self.task)
 
-    def prompt_set(self) -> Dataset:
-        """The training questions as prompts with their gold ``answer`` and ``solution``."""
-        template = self.prompt_template
-        return self.problems()["train"].map(
-            lambda row: {"prompt": template.format(question=row["question"])}, remove_columns=["question"]
-        )
-
-    def build_splits(self) -> DatasetDict:
-        splits = self.problems()
-        rng = random.Random(self.task["seed"] + 1)  # the corruptions, apart from the problems
-        steps = self.task["steps"]
-
-        def train_row(row: dict[str, str]) -> dict[str, Any]:
-            prompt, solution = self.prompt_template.format(question=row["question"]), row["solution"]
-            if self.batch_format == "sft":
-                return {"prompt": prompt, "response": solution}
-            if self.batch_format == "rollout":  # online sampling brings the rows
-                return {"prompt": prompt}
-            if self.batch_format == "pairs":
-                return {"prompt": prompt, "chosen": solution,
-                        "rejected": inject_errors(rng, solution, rng.randint(1, steps))}  # fmt: skip
-            wrong = [rng.randint(1, steps) for _ in range(self.group_size - 1)]
-            responses = [{"text": solution, "correct": True, "rank": 0, "reference": False}]
-            responses += [{"text": inject_errors(rng, solution, k), "correct": False, "rank": k, "reference": False}
-                          for k in wrong]  # fmt: skip
-            return {"prompt": prompt, "responses": responses}
-
-        def held_out_row(row: dict[str, str]) -> dict[str, Any]:
-            if not self.eval_by_generation:  # scored by the objective, like training rows
-                return train_row(row)
-            return {"prompt": self.prompt_template.format(question=row["question"]), "answer": row["answer"]}
-
-        train = splits["train"]
-        return DatasetDict(
-            train=Dataset.from_list([train_row(r) for r in train]),
-            validation=Dataset.from_list([held_out_row(r) for r in splits["validation"]]),
-            test=Dataset.from_list([held_out_row(r) for r in splits["test"]]),
-        )
+    def wrong_responses(self, rng: random.Random, row: dict[str, Any], n: int) -> list[tuple[str, int]]:
+        """The solution with 1 to ``steps`` miscomputed equations, ranked by how many."""
+        wrong = [rng.randint(1, self.task["steps"]) for _ in range(n)]
+        return [(inject_errors(rng, row["solution"], k), k) for k in wrong]

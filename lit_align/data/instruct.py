@@ -16,7 +16,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
-from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.generated import GeneratedTaskDataModule
 from lit_align.rewards.instruct import CATEGORIES, checks, content, parse_spec, render
 
 WORDS = (
@@ -75,7 +75,7 @@ def violate(rng: random.Random, spec: dict[str, Any], broken: set[str]) -> str:
     return render(answer, kept)
 
 
-class InstructDataModule(AlignDataModule):
+class InstructDataModule(GeneratedTaskDataModule):
     """The instruction task in every batch format; held-out rows carry the spec as ``answer``
     and are scored all-or-nothing (every constraint met) by `verify`.
 
@@ -94,6 +94,8 @@ class InstructDataModule(AlignDataModule):
         **loader: batch and length settings of `AlignDataModule`.
     """
 
+    prompt_field = "instruction"
+
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
@@ -107,81 +109,47 @@ class InstructDataModule(AlignDataModule):
         prompt_template: str = "{instruction}\n",
         **loader: Any,
     ) -> None:
-        super().__init__(tokenizer, **loader)
-        if max_count < 3 or not 0 <= max_modifiers <= 3 or group_size < 2:
-            raise ValueError(f"need max_count >= 3, max_modifiers in 0..3, group_size >= 2; got "
-                             f"{max_count}, {max_modifiers}, {group_size}")  # fmt: skip
-        self.task = dict(seed=seed, sizes=(num_train, num_val, num_test), max_count=max_count,
-                         max_modifiers=max_modifiers)  # fmt: skip
-        self.group_size, self.prompt_template = group_size, prompt_template
-        self._problems: DatasetDict | None = None
+        super().__init__(tokenizer, seed, group_size, prompt_template, **loader)
+        if max_count < 3 or not 0 <= max_modifiers <= 3:
+            raise ValueError(f"need max_count >= 3 and max_modifiers in 0..3, got {max_count}, {max_modifiers}")
+        self.sizes = (num_train, num_val, num_test)
+        self.max_count, self.max_modifiers = max_count, max_modifiers
 
-    def problems(self) -> DatasetDict:
-        """The generated instructions (``instruction``, ``answer`` = the spec as JSON,
-        ``solution`` = the compliant response), made once. Held-out instructions are drawn first
-        and are distinct; training draws from the same distribution without them, so the
-        held-out splits test unseen combinations (a word with a new count or new modifiers)."""
-        if self._problems is None:
-            rng, held_out = random.Random(self.task["seed"]), set()
-            num_train, num_val, num_test = self.task["sizes"]
-            splits = {}
-            for name, size in (("validation", num_val), ("test", num_test), ("train", num_train)):
-                rows = []
-                for _ in range(1000 * size):
-                    if len(rows) == size:
-                        break
-                    row = make_instruction(rng, self.task["max_count"], self.task["max_modifiers"])
-                    if row["instruction"] in held_out:
-                        continue
-                    if name != "train":
-                        held_out.add(row["instruction"])
-                    spec = json.dumps(row["spec"], sort_keys=True)
-                    rows.append({"instruction": row["instruction"], "answer": spec, "solution": row["response"]})
-                if len(rows) < size:
-                    raise ValueError(f"only {len(rows)} distinct {name} instructions; lower num_val/num_test")
-                splits[name] = Dataset.from_list(rows)
-            self._problems = DatasetDict(splits)
-        return self._problems
+    def generate(self) -> DatasetDict:
+        """Instructions with ``instruction``, ``answer`` (the spec as JSON) and ``solution`` (the
+        compliant response). Held-out instructions are drawn first and are distinct; training
+        draws from the same distribution without them, so the held-out splits test unseen
+        combinations (a word with a new count or new modifiers)."""
+        rng, held_out = random.Random(self.seed), set()
+        num_train, num_val, num_test = self.sizes
+        splits = {}
+        for name, size in (("validation", num_val), ("test", num_test), ("train", num_train)):
+            rows = []
+            for _ in range(1000 * size):
+                if len(rows) == size:
+                    break
+                row = make_instruction(rng, self.max_count, self.max_modifiers)
+                if row["instruction"] in held_out:
+                    continue
+                if name != "train":
+                    held_out.add(row["instruction"])
+                spec = json.dumps(row["spec"], sort_keys=True)
+                rows.append({"instruction": row["instruction"], "answer": spec, "solution": row["response"]})
+            if len(rows) < size:
+                raise ValueError(f"only {len(rows)} distinct {name} instructions; lower num_val/num_test")
+            splits[name] = Dataset.from_list(rows)
+        return DatasetDict(splits)
+
+    def wrong_responses(self, rng: random.Random, row: dict[str, Any], n: int) -> list[tuple[str, int]]:
+        """Responses that break 1 to all of the instruction's constraints, ranked by how many."""
+        spec = json.loads(row["answer"])
+        constraints = ["task", *(m for m in ("upper", "brackets", "end") if spec.get(m))]
+        wrong = []
+        for _ in range(n):
+            broken = set(rng.sample(constraints, rng.randint(1, len(constraints))))
+            wrong.append((violate(rng, spec, broken), len(broken)))
+        return wrong
 
     def verify(self, completion: str, answer: str) -> float | None:
         spec = parse_spec(answer)
         return None if spec is None else float(all(checks(completion, spec).values()))
-
-    def prompt_set(self) -> Dataset:
-        """The training instructions as prompts with their ``answer`` (spec) and ``solution``."""
-        template = self.prompt_template
-        return self.problems()["train"].map(
-            lambda row: {"prompt": template.format(instruction=row["instruction"])}, remove_columns=["instruction"]
-        )
-
-    def build_splits(self) -> DatasetDict:
-        splits = self.problems()
-        rng = random.Random(self.task["seed"] + 1)
-
-        def train_row(row: dict[str, str]) -> dict[str, Any]:
-            prompt, spec = self.prompt_template.format(instruction=row["instruction"]), json.loads(row["answer"])
-            if self.batch_format == "sft":
-                return {"prompt": prompt, "response": row["solution"]}
-            if self.batch_format == "rollout":
-                return {"prompt": prompt}
-            constraints = ["task", *(m for m in ("upper", "brackets", "end") if spec.get(m))]
-            if self.batch_format == "pairs":
-                broken = set(rng.sample(constraints, rng.randint(1, len(constraints))))
-                return {"prompt": prompt, "chosen": row["solution"], "rejected": violate(rng, spec, broken)}
-            responses = [{"text": row["solution"], "correct": True, "rank": 0, "reference": False}]
-            for _ in range(self.group_size - 1):
-                broken = set(rng.sample(constraints, rng.randint(1, len(constraints))))
-                responses.append({"text": violate(rng, spec, broken), "correct": False, "rank": len(broken),
-                                  "reference": False})  # fmt: skip
-            return {"prompt": prompt, "responses": responses}
-
-        def held_out_row(row: dict[str, str]) -> dict[str, Any]:
-            if not self.eval_by_generation:
-                return train_row(row)
-            return {"prompt": self.prompt_template.format(instruction=row["instruction"]), "answer": row["answer"]}
-
-        return DatasetDict(
-            train=Dataset.from_list([train_row(r) for r in splits["train"]]),
-            validation=Dataset.from_list([held_out_row(r) for r in splits["validation"]]),
-            test=Dataset.from_list([held_out_row(r) for r in splits["test"]]),
-        )

@@ -1,0 +1,85 @@
+"""What the built-in generated tasks share: problems with a gold ``solution`` and ``answer``,
+turned into training rows of every batch format and into held-out prompts."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+
+from lit_align.data.datamodule import AlignDataModule
+
+
+class GeneratedTaskDataModule(AlignDataModule):
+    """A task generated from a seed: subclasses make the problems and the wrong responses.
+
+    ``generate()`` returns ``train``/``validation``/``test`` splits with a ``prompt_field``
+    column (the text ``prompt_template`` formats), ``answer`` (what `verify` and the rewards
+    read) and ``solution`` (the gold response). ``wrong_responses(rng, row, n)`` returns ``n``
+    ``(text, rank)`` pairs, rank ≥ 1 counting what is wrong. From those:
+
+    - ``sft``: prompt → solution;
+    - ``pairs``: the solution is chosen, one wrong response rejected;
+    - ``groups``: the solution (rank 0) and ``group_size - 1`` wrong responses;
+    - ``rollout``: prompts only (online sampling brings the rows);
+    - held-out rows: prompt and ``answer``, or training rows when ``eval_by_generation`` is off.
+    """
+
+    prompt_field = "question"
+
+    def __init__(self, tokenizer: Any, seed: int, group_size: int, prompt_template: str, **loader: Any) -> None:
+        super().__init__(tokenizer, **loader)
+        if group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (a correct response and a wrong one), got {group_size}")
+        self.seed, self.group_size, self.prompt_template = seed, group_size, prompt_template
+        self._problems: DatasetDict | None = None
+
+    def generate(self) -> DatasetDict:
+        raise NotImplementedError
+
+    def wrong_responses(self, rng: random.Random, row: dict[str, Any], n: int) -> list[tuple[str, int]]:
+        raise NotImplementedError
+
+    def problems(self) -> DatasetDict:
+        """The generated problems, made once."""
+        if self._problems is None:
+            self._problems = self.generate()
+        return self._problems
+
+    def _prompt(self, row: dict[str, Any]) -> str:
+        return self.prompt_template.format(**{self.prompt_field: row[self.prompt_field]})
+
+    def prompt_set(self) -> Dataset:
+        """The training problems as prompts with their ``answer`` and ``solution``."""
+        return self.problems()["train"].map(
+            lambda row: {"prompt": self._prompt(row)}, remove_columns=[self.prompt_field]
+        )
+
+    def build_splits(self) -> DatasetDict:
+        splits = self.problems()
+        rng = random.Random(self.seed + 1)  # the wrong responses, apart from the problems
+
+        def train_row(row: dict[str, Any]) -> dict[str, Any]:
+            prompt, solution = self._prompt(row), row["solution"]
+            if self.batch_format == "sft":
+                return {"prompt": prompt, "response": solution}
+            if self.batch_format == "rollout":
+                return {"prompt": prompt}
+            if self.batch_format == "pairs":
+                return {"prompt": prompt, "chosen": solution, "rejected": self.wrong_responses(rng, row, 1)[0][0]}
+            responses = [{"text": solution, "correct": True, "rank": 0, "reference": False}]
+            responses += [{"text": text, "correct": False, "rank": rank, "reference": False}
+                          for text, rank in self.wrong_responses(rng, row, self.group_size - 1)]  # fmt: skip
+            return {"prompt": prompt, "responses": responses}
+
+        def held_out_row(row: dict[str, Any]) -> dict[str, Any]:
+            if not self.eval_by_generation:  # scored by the objective, like training rows
+                return train_row(row)
+            return {"prompt": self._prompt(row), "answer": row["answer"]}
+
+        return DatasetDict(
+            train=Dataset.from_list([train_row(r) for r in splits["train"]]),
+            validation=Dataset.from_list([held_out_row(r) for r in splits["validation"]]),
+            test=Dataset.from_list([held_out_row(r) for r in splits["test"]]),
+        )

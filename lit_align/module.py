@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from torch.nn import ModuleDict
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
@@ -46,7 +47,12 @@ class AlignModule(L.LightningModule):
         scheduler: builds the LR schedule from the optimizer and ``num_training_steps``.
         grad_clip: max gradient norm; ``None`` or 0 disables clipping.
         max_new_tokens: generation budget at evaluation.
-        verifier: ``(completion, answer) -> float | None``, 1.0 for a correct completion.
+        verifier: ``(completion, answer) -> float | None``, 1.0 for a correct completion;
+            its mean is ``val/accuracy`` and ``test/accuracy``.
+        eval_metrics: more held-out metrics by name, each ``(completion, answer) -> (value,
+            weight)`` or ``None`` (not judged); logged as ``val/<name>``, the weighted mean over
+            the split (the instruction task's ``constraint_accuracy`` weighs each completion by
+            its number of constraints).
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class AlignModule(L.LightningModule):
         grad_clip: float | None = 1.0,
         max_new_tokens: int = 64,
         verifier: Callable[[str, str], float | None] = exact_match,
+        eval_metrics: dict[str, Callable[[str, str], tuple[float, float] | None]] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -75,6 +82,9 @@ class AlignModule(L.LightningModule):
         self.verifier = verifier
         self.val_accuracy = MeanMetric()
         self.test_accuracy = MeanMetric()
+        self.eval_metrics = eval_metrics or {}
+        self.val_extra = ModuleDict({name: MeanMetric() for name in self.eval_metrics})
+        self.test_extra = ModuleDict({name: MeanMetric() for name in self.eval_metrics})
         self.train_tokens = 0  # summed over the run, for summary.json
         self.train_seconds = 0.0
         self.validated_at_step = -1
@@ -195,7 +205,7 @@ class AlignModule(L.LightningModule):
     def validation_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, list[str]] | None:
         if isinstance(batch, list):
             return self._evaluate_objective(batch, "val")
-        return self._evaluate(batch, self.val_accuracy, "val/accuracy")
+        return self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self.validated_at_step = self.trainer.global_step
@@ -203,7 +213,7 @@ class AlignModule(L.LightningModule):
     def test_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, list[str]] | None:
         if isinstance(batch, list):
             return self._evaluate_objective(batch, "test")
-        return self._evaluate(batch, self.test_accuracy, "test/accuracy")
+        return self._evaluate(batch, "test")
 
     def _evaluate_objective(self, batch: list[Batch], stage: str) -> None:
         """The objective's loss and metrics on held-out training-format rows (e.g. pairs),
@@ -214,20 +224,25 @@ class AlignModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, batch_size=rows, sync_dist=True)
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=rows, sync_dist=True)
 
-    def _evaluate(self, batch: Batch, metric: MeanMetric, name: str) -> dict[str, list[str]]:
-        """Greedy completions of held-out prompts, scored by the verifier; returned as
-        ``{"completions": [...]}`` for callbacks (best-of-N compares against them).
+    def _evaluate(self, batch: Batch, stage: str) -> dict[str, list[str]]:
+        """Greedy completions of held-out prompts, scored by the verifier (and ``eval_metrics``);
+        returned as ``{"completions": [...]}`` for callbacks (best-of-N compares against them).
 
-        Rows the verifier cannot judge (``None``) are left out of the accuracy.
+        Rows a scorer cannot judge (``None``) are left out of its metric.
         """
         _, texts = generate_completions(
             self.policy, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"], self.max_new_tokens
         )
-        scores = [self.verifier(text, answer) for text, answer in zip(texts, batch["answer"], strict=True)]
-        scored = [s for s in scores if s is not None]
-        if scored:
-            metric.update(torch.tensor(scored, device=self.device))
-        self.log(name, metric, batch_size=max(len(scored), 1))
+        pairs = list(zip(texts, batch["answer"], strict=True))
+        scorers = {"accuracy": lambda text, answer: _weighted(self.verifier(text, answer)), **self.eval_metrics}
+        extra = self.val_extra if stage == "val" else self.test_extra
+        for name, scorer in scorers.items():
+            metric = getattr(self, f"{stage}_accuracy") if name == "accuracy" else extra[name]
+            scored = [s for s in (scorer(text, answer) for text, answer in pairs) if s is not None]
+            if scored:
+                values, weights = torch.tensor(scored, dtype=torch.float32, device=self.device).T
+                metric.update(values, weights)
+            self.log(f"{stage}/{name}", metric, batch_size=max(len(scored), 1))
         return {"completions": texts}
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -251,6 +266,10 @@ def sequence_logps(model: PreTrainedModel, batch: Batch) -> Tensor:
     with eval_mode(model):
         logps = forward_logps(model, batch["input_ids"], batch["attention_mask"])
     return masked_sum(logps, batch["loss_mask"][:, 1:], dim=1).cpu()
+
+
+def _weighted(score: float | None) -> tuple[float, float] | None:
+    return None if score is None else (score, 1.0)
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:

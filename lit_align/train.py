@@ -67,6 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         grad_clip=cfg.grad_clip,
         max_new_tokens=cfg.eval.max_new_tokens,
         verifier=datamodule.verify,
+        eval_metrics=datamodule.eval_metrics(),
     )
     callbacks = _instantiate_each(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the configured bar

@@ -7,7 +7,8 @@ import json
 import pytest
 from datasets import Dataset
 
-from lit_align.data.files import CotRankingDataModule, PreferenceDataModule, render_chat
+from lit_align.data.chat import render_chat
+from lit_align.data.files import CotRankingDataModule, PreferenceDataModule
 from lit_align.train import train
 from tests.conftest import make_cfg
 
@@ -57,16 +58,17 @@ def test_conversational_pairs_train_only_the_assistant_turn(tokenizer, tmp_path)
     tokenizer.chat_template = CHAT_TEMPLATE
     user = {"role": "user", "content": "2+2?"}
     prompt, response = render_chat(tokenizer, [user, {"role": "assistant", "content": "4"}])
-    assert (prompt, response) == ("<user>2+2?\n<assistant>", "4\n")
+    assert (prompt, response) == ("<user>2+2?\n<assistant>", "4")  # the turn's trailing "\n" is not trained
     rows = [{"chosen": [user, {"role": "assistant", "content": "4"}],
              "rejected": [user, {"role": "assistant", "content": "5"}]}] * 4  # fmt: skip
     dm = PreferenceDataModule(tokenizer, source=_jsonl(tmp_path / "chat.jsonl", rows), batch_format="pairs",
                               num_val=1, num_test=1)  # fmt: skip
     dm.setup()
     row = dm.train_split()[0]
-    assert tokenizer.decode(row["chosen_ids"][row["prompt_len"] :], skip_special_tokens=True) == "4\n"
+    assert tokenizer.convert_ids_to_tokens(row["chosen_ids"][row["prompt_len"] :]) == ["4", "</s>"]
+    tokenizer.chat_template = None
     with pytest.raises(ValueError, match="chat template"):
-        render_chat(tokenizer.__class__.from_pretrained(tmp_path / "tok"), rows[0]["chosen"])
+        render_chat(tokenizer, rows[0]["chosen"])
 
 
 def _save(tokenizer, tmp_path):

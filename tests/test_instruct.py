@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+from torchmetrics import MeanMetric
 
 from lit_align.data.instruct import InstructDataModule, make_instruction, violate
 from lit_align.rewards.instruct import InstructionReward, checks, parse_spec
@@ -127,4 +128,23 @@ SMALL = ["data=instruct", "data.num_train=64", "data.num_val=8", "data.num_test=
 )
 def test_instruct_runs(tmp_path, overrides):
     summary = train(make_cfg(tmp_path, *SMALL, *overrides))
-    assert summary["steps"] == 6 and "val/accuracy" in summary["final"]
+    final = summary["final"]
+    assert summary["steps"] == 6 and final["val/instruction_accuracy"] == final["val/accuracy"]
+    assert {"val/constraint_accuracy", "test/constraint_accuracy", "test/instruction_accuracy"} <= set(final)
+
+
+def test_instruction_and_constraint_accuracy_pool_as_ifeval_does(tokenizer):
+    metrics = InstructDataModule(tokenizer).eval_metrics()
+    spec = json.dumps(REPEAT | {"upper": True, "end": "done"})
+    cases = {"CAT CAT CAT DONE": (1.0, 3.0), "CAT CAT DONE": (2 / 3, 3.0), "cat cat": (0.0, 3.0)}
+    for response, constraint in cases.items():
+        assert metrics["constraint_accuracy"](response, spec) == pytest.approx(constraint)
+        assert metrics["instruction_accuracy"](response, spec) == (float(constraint[0] == 1.0), 1.0)
+    assert metrics["constraint_accuracy"]("x", "42") is None  # not an instruction: not judged
+    # Pooled over constraints: an instruction with 3 counts 3 times as much as one with 1.
+
+    pooled = MeanMetric()
+    for value, weight in (metrics["constraint_accuracy"]("CAT CAT DONE", spec),
+                          metrics["constraint_accuracy"]("cat", json.dumps(REPEAT))):  # fmt: skip
+        pooled.update(value, weight)
+    assert pooled.compute().item() == pytest.approx(2 / 4)

@@ -62,9 +62,13 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> 
 
 
 def collate_sft(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` (1 on response tokens),
-    each ``(batch, longest)``, plus ``num_tokens``, the count of non-pad tokens."""
-    return _response_batch([r["input_ids"] for r in rows], [r["prompt_len"] for r in rows], pad_id)
+    """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` (1 on response tokens,
+    or on the tokens a conversation row's own ``loss_mask`` marks: every assistant turn), each
+    ``(batch, longest)``, plus ``num_tokens``, the count of non-pad tokens."""
+    batch = _response_batch([r["input_ids"] for r in rows], [r["prompt_len"] for r in rows], pad_id)
+    if rows and "loss_mask" in rows[0]:
+        batch["loss_mask"] = pad([r["loss_mask"] for r in rows], 0)[0]
+    return batch
 
 
 def encode_pair(

@@ -104,6 +104,11 @@ class AlignDataModule(L.LightningDataModule):
         """1.0 if ``completion`` reaches ``answer``, 0.0 if not, ``None`` if it cannot be judged."""
         return exact_match(completion, answer)
 
+    def eval_metrics(self) -> dict[str, Callable[[str, str], tuple[float, float] | None]]:
+        """Held-out metrics besides ``accuracy``: name → ``(completion, answer) -> (value,
+        weight)`` or ``None``, averaged with the weights (see `AlignModule`). None by default."""
+        return {}
+
     def prompt_set(self) -> Dataset:
         """The training questions as ``prompt`` rows with the columns a reward reads (``answer``
         at least), for online sampling. Tasks without one cannot be sampled online."""

@@ -13,6 +13,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
+from lit_align.data.chat import encode_conversation, render_chat
 from lit_align.data.datamodule import AlignDataModule
 
 _FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -38,21 +39,6 @@ def require(row: dict[str, Any], fields: tuple[str, ...], source: str, index: in
     for field in fields:
         if row.get(field) is None:
             raise ValueError(f"{source}: row {index}: missing field {field!r} (needs {', '.join(fields)})")
-
-
-def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[str, str]:
-    """``(prompt, response)`` text of a conversation whose last message is the assistant's.
-
-    The prompt is the template applied to every earlier message with the generation prompt;
-    the response is what the full rendering adds after it, so only assistant tokens are trained.
-    """
-    if not tokenizer.chat_template:
-        raise ValueError("conversational rows need a tokenizer with a chat template")
-    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    if not full.startswith(prompt):
-        raise ValueError("the chat template renders the conversation's prefix differently from the prompt")
-    return prompt, full[len(prompt) :]
 
 
 class _FileDataModule(AlignDataModule):
@@ -178,3 +164,27 @@ class CotRankingDataModule(_FileDataModule):
         if self.batch_format != "groups":
             raise ValueError("data=cot_ranking provides groups (objective=aft) or SFT rows, not pairs")
         return {"prompt": prompt, "responses": responses, "answer": answer}
+
+
+class ChatDataModule(_FileDataModule):
+    """SFT on conversations: rows with ``messages``, a list of ``{"role", "content"}`` (system,
+    user and assistant turns), from local files or the Hub. Every assistant turn is trained;
+    system and user turns and the template's role markers are context only. Held-out
+    conversations are scored with the objective (``val/loss``: the assistant tokens' NLL).
+
+    Preference conversations (``chosen``/``rejected`` messages) are ``data=preference``.
+    """
+
+    def normalize(self, row: dict[str, Any], index: int, source: str) -> dict[str, Any] | None:
+        require(row, ("messages",), source, index)
+        if self.batch_format != "sft":
+            raise ValueError(
+                "data=chat provides SFT rows (objective=sft); preference conversations are data=preference"
+            )
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            return None  # nothing to train on
+        return {"messages": messages}
+
+    def _encode_train(self, row: dict[str, Any]) -> dict[str, Any]:
+        return encode_conversation(self.tokenizer, row["messages"], self.max_length)

@@ -8,6 +8,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
+from lit_align.data.chat import chat_prompt
 from lit_align.data.datamodule import AlignDataModule
 
 
@@ -27,6 +28,7 @@ class GeneratedTaskDataModule(AlignDataModule):
     """
 
     prompt_field = "question"
+    use_chat_template = False  # render prompts as a user turn of the tokenizer's chat template
 
     def __init__(self, tokenizer: Any, seed: int, group_size: int, prompt_template: str, **loader: Any) -> None:
         super().__init__(tokenizer, **loader)
@@ -48,7 +50,10 @@ class GeneratedTaskDataModule(AlignDataModule):
         return self._problems
 
     def _prompt(self, row: dict[str, Any]) -> str:
-        return self.prompt_template.format(**{self.prompt_field: row[self.prompt_field]})
+        text = self.prompt_template.format(**{self.prompt_field: row[self.prompt_field]})
+        if self.use_chat_template and self.tokenizer.chat_template:
+            return chat_prompt(self.tokenizer, [{"role": "user", "content": text}])
+        return text
 
     def prompt_set(self) -> Dataset:
         """The training problems as prompts with their ``answer`` and ``solution``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 from datasets import Dataset, DatasetDict
@@ -90,7 +91,10 @@ class InstructDataModule(GeneratedTaskDataModule):
         max_count: the largest count or range length asked for (difficulty).
         max_modifiers: format constraints per instruction, 0 to 3 (difficulty).
         group_size: responses per instruction in the ``groups`` format.
-        prompt_template: how an instruction becomes a prompt; ``{instruction}`` is replaced.
+        prompt_template: how an instruction becomes the user's message; ``{instruction}`` is
+            replaced.
+        chat_template: send that message through the tokenizer's chat template (when it has
+            one, as the tiny tokenizer and instruct models do); false uses it as the prompt.
         **loader: batch and length settings of `AlignDataModule`.
     """
 
@@ -106,10 +110,12 @@ class InstructDataModule(GeneratedTaskDataModule):
         max_count: int = 6,
         max_modifiers: int = 2,
         group_size: int = 4,
-        prompt_template: str = "{instruction}\n",
+        prompt_template: str = "{instruction}",
+        chat_template: bool = True,
         **loader: Any,
     ) -> None:
         super().__init__(tokenizer, seed, group_size, prompt_template, **loader)
+        self.use_chat_template = chat_template
         if max_count < 3 or not 0 <= max_modifiers <= 3:
             raise ValueError(f"need max_count >= 3 and max_modifiers in 0..3, got {max_count}, {max_modifiers}")
         self.sizes = (num_train, num_val, num_test)
@@ -151,5 +157,24 @@ class InstructDataModule(GeneratedTaskDataModule):
         return wrong
 
     def verify(self, completion: str, answer: str) -> float | None:
-        spec = parse_spec(answer)
-        return None if spec is None else float(all(checks(completion, spec).values()))
+        score = _instruction_accuracy(completion, answer)
+        return None if score is None else score[0]
+
+    def eval_metrics(self) -> dict[str, Callable[[str, str], tuple[float, float] | None]]:
+        """IFEval's two accuracies (Zhou et al. 2023, §3): ``instruction_accuracy``, the share of
+        instructions with every constraint met (the same as ``accuracy``), and
+        ``constraint_accuracy``, the share of all constraints met, pooled over instructions."""
+        return {"instruction_accuracy": _instruction_accuracy, "constraint_accuracy": _constraint_accuracy}
+
+
+def _instruction_accuracy(completion: str, answer: str) -> tuple[float, float] | None:
+    spec = parse_spec(answer)
+    return None if spec is None else (float(all(checks(completion, spec).values())), 1.0)
+
+
+def _constraint_accuracy(completion: str, answer: str) -> tuple[float, float] | None:
+    spec = parse_spec(answer)
+    if spec is None:
+        return None
+    met = checks(completion, spec)
+    return sum(met.values()) / len(met), float(len(met))

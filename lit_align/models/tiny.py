@@ -14,12 +14,22 @@ from lit_align.models.hf import HEADS, load_model
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 CHARACTERS = (*tuple(chr(i) for i in range(32, 127)), "\n")
+# A plain-text chat template: "System: …", "User: …" lines, then "Assistant: " and the reply,
+# closed by the eos token so a chat model learns where its turn ends (as ChatML's <|im_end|>).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}{{ 'Assistant: ' + m['content'] + eos_token + '\\n' }}"
+    "{% else %}{{ m['role'] | capitalize }}{{ ': ' + m['content'] + '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
 
 
 def char_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
     """A character-level tokenizer: ids 0-3 are pad, bos, eos, unk; then one id per character.
 
-    Characters outside printable ASCII and newline map to ``<unk>``.
+    Characters outside printable ASCII and newline map to ``<unk>``. It carries `CHAT_TEMPLATE`,
+    so conversational data and chat-rendered prompts work with the embedded model.
     """
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
@@ -33,6 +43,7 @@ def char_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
         eos_token=eos,
         unk_token=unk,
         model_max_length=model_max_length,
+        chat_template=CHAT_TEMPLATE,
     )
 
 

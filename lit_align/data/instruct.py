@@ -60,20 +60,39 @@ def make_instruction(rng: random.Random, max_count: int, max_modifiers: int) -> 
 
 
 def violate(rng: random.Random, spec: dict[str, Any], broken: set[str]) -> str:
-    """A response that meets every constraint of ``spec`` except those in ``broken``."""
+    """A response that meets every constraint of ``spec`` except those in ``broken``.
+
+    A broken task is one of the mistakes a small model makes: a count one off, another word
+    repeated, a list item twice, a word only partly reversed; a broken modifier is left out.
+    """
     answer = content(spec)
     if "task" in broken:
-        words = answer.split()
-        if spec["task"] == "reverse":
-            answer = spec["word"] if spec["word"] != spec["word"][::-1] else spec["word"] + "s"
-        elif spec["task"] == "list":
-            answer = ", ".join(spec["items"][:-1])  # one item short
-        elif rng.random() < 0.5:
-            answer = " ".join(words + words[-1:])  # one too many
-        else:
-            answer = " ".join(words[:-1] if len(words) > 1 else words * 2)
+        answer = _wrong_content(rng, spec)
     kept = {key: value for key, value in spec.items() if key not in broken or key == "task"}
     return render(answer, kept)
+
+
+def _wrong_content(rng: random.Random, spec: dict[str, Any]) -> str:
+    words, task, coin = content(spec).split(), spec["task"], rng.random()
+    if task == "reverse":
+        word = spec["word"][::-1]
+        if coin < 0.5 or len(set(word)) < 2:
+            return spec["word"] if spec["word"] != word else word + "s"  # not reversed
+        i = rng.choice([j for j in range(len(word) - 1) if word[j] != word[j + 1]])
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]  # two letters swapped
+    if task == "list":
+        items = spec["items"]
+        if coin < 1 / 3:
+            return ", ".join(items[:-1])  # one item short
+        if coin < 2 / 3:
+            extra = [i for i in CATEGORIES[spec["category"]] if i not in items]
+            return ", ".join([*items, rng.choice(extra)])  # one too many
+        return ", ".join([*items[:-1], items[0]])  # an item twice
+    if task == "repeat" and coin < 1 / 3:
+        return " ".join([rng.choice([w for w in WORDS if w != spec["word"]])] * spec["n"])  # another word
+    if coin < 2 / 3:
+        return " ".join(words + words[-1:])  # one too many
+    return " ".join(words[:-1] if len(words) > 1 else words * 2)  # one too few
 
 
 class InstructDataModule(GeneratedTaskDataModule):

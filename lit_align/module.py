@@ -80,11 +80,11 @@ class AlignModule(L.LightningModule):
         self.grad_clip = grad_clip
         self.max_new_tokens = max_new_tokens
         self.verifier = verifier
-        self.val_accuracy = MeanMetric()
-        self.test_accuracy = MeanMetric()
-        self.eval_metrics = eval_metrics or {}
-        self.val_extra = ModuleDict({name: MeanMetric() for name in self.eval_metrics})
-        self.test_extra = ModuleDict({name: MeanMetric() for name in self.eval_metrics})
+        # Held-out scorers by metric name, each (completion, answer) -> (value, weight) | None.
+        self.scorers = {"accuracy": self._verified, **(eval_metrics or {})}
+        self.held_out = ModuleDict({
+            stage: ModuleDict({name: MeanMetric() for name in self.scorers}) for stage in ("val", "test")
+        })  # fmt: skip
         self.train_tokens = 0  # summed over the run, for summary.json
         self.train_seconds = 0.0
         self.validated_at_step = -1
@@ -234,16 +234,18 @@ class AlignModule(L.LightningModule):
             self.policy, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"], self.max_new_tokens
         )
         pairs = list(zip(texts, batch["answer"], strict=True))
-        scorers = {"accuracy": lambda text, answer: _weighted(self.verifier(text, answer)), **self.eval_metrics}
-        extra = self.val_extra if stage == "val" else self.test_extra
-        for name, scorer in scorers.items():
-            metric = getattr(self, f"{stage}_accuracy") if name == "accuracy" else extra[name]
+        for name, scorer in self.scorers.items():
+            metric = self.held_out[stage][name]
             scored = [s for s in (scorer(text, answer) for text, answer in pairs) if s is not None]
             if scored:
                 values, weights = torch.tensor(scored, dtype=torch.float32, device=self.device).T
                 metric.update(values, weights)
             self.log(f"{stage}/{name}", metric, batch_size=max(len(scored), 1))
         return {"completions": texts}
+
+    def _verified(self, completion: str, answer: str) -> tuple[float, float] | None:
+        score = self.verifier(completion, answer)
+        return None if score is None else (score, 1.0)
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -266,10 +268,6 @@ def sequence_logps(model: PreTrainedModel, batch: Batch) -> Tensor:
     with eval_mode(model):
         logps = forward_logps(model, batch["input_ids"], batch["attention_mask"])
     return masked_sum(logps, batch["loss_mask"][:, 1:], dim=1).cpu()
-
-
-def _weighted(score: float | None) -> tuple[float, float] | None:
-    return None if score is None else (score, 1.0)
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:

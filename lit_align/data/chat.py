@@ -42,10 +42,12 @@ def assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> t
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> str:
     """The prompt that asks the assistant to reply to ``messages``, without the template's bos
     (the tokenising step adds it)."""
-    prompt = _template(tokenizer, messages, generation_prompt=True)
-    if tokenizer.bos_token and prompt.startswith(tokenizer.bos_token):
-        prompt = prompt[len(tokenizer.bos_token) :]
-    return prompt
+    return _without_bos(tokenizer, _template(tokenizer, messages, generation_prompt=True))
+
+
+def _without_bos(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    bos = tokenizer.bos_token
+    return prompt[len(bos) :] if bos and prompt.startswith(bos) else prompt
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> tuple[str, str]:
@@ -58,9 +60,11 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> tuple
     """
     if messages[-1]["role"] != "assistant":
         raise ValueError("the conversation's last message must be the assistant's")
-    text, spans = assistant_spans(tokenizer, messages)
-    start, end = spans[-1]
-    prompt, response = chat_prompt(tokenizer, messages[:-1]), text[start:end]
+    before = _template(tokenizer, messages[:-1], generation_prompt=True)
+    text = _template(tokenizer, messages)
+    if not text.startswith(before):
+        raise ValueError("the chat template renders the conversation's prefix differently from the prompt")
+    prompt, response = _without_bos(tokenizer, before), text[len(before) :].rstrip()
     if tokenizer.eos_token and response.endswith(tokenizer.eos_token):
         response = response[: -len(tokenizer.eos_token)]
     return prompt, response

@@ -1,4 +1,5 @@
-"""Preference pairs and ranked chains of thought from local files or the Hub, through `datasets`.
+"""Conversations, preference pairs and ranked chains of thought from local files or the Hub,
+through `datasets`.
 
 ``source`` is a local ``.json``/``.jsonl``/``.parquet`` file (or a directory of them) or a Hub
 dataset name. Rows are checked as they are read: a row missing a required field fails with the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import pytest
 from torchmetrics import MeanMetric
@@ -16,7 +17,7 @@ from tests.conftest import make_cfg
 REPEAT = {"task": "repeat", "word": "cat", "n": 3}
 COUNTDOWN = {"task": "countdown", "start": 9, "stop": 6}
 REVERSE = {"task": "reverse", "word": "mango"}
-LIST = {"task": "list", "category": "fruits", "k": 3, "items": ["apple", "pear", "fig"]}
+LIST = {"task": "list", "category": "fruits", "k": 3, "exclude": "grape", "items": ["apple", "pear", "fig"]}
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,7 @@ LIST = {"task": "list", "category": "fruits", "k": 3, "items": ["apple", "pear",
         (LIST, "apple, pear", False),
         (LIST, "apple, apple, fig", False),
         (LIST, "apple, pear, dog", False),
+        (LIST, "apple, pear, grape", False),  # the excluded item
         (LIST, "", False),
     ],
 )
@@ -91,6 +93,21 @@ def test_generated_responses_comply_and_violations_break_what_they_say():
         broken = set(rng.sample(constraints, rng.randint(1, len(constraints))))
         result = checks(violate(rng, spec, broken), spec)
         assert {name for name, ok in result.items() if not ok} == broken, (row, broken, result)
+
+
+def test_held_out_instructions_are_a_small_share_of_every_task():
+    """Held-out instructions are never trained on; were they a large share of a task's
+    instructions (as with a small vocabulary), training would skip that part of the task and
+    held-out accuracy would measure recall of the rest, not the skill."""
+    rng = random.Random(0)
+    held_out = {make_instruction(rng, 6, 2)["instruction"] for _ in range(500)}
+    drawn, hits = Counter(), Counter()
+    for _ in range(8000):
+        row = make_instruction(rng, 6, 2)
+        drawn[row["spec"]["task"]] += 1
+        hits[row["spec"]["task"]] += row["instruction"] in held_out
+    assert set(drawn) == {"repeat", "countdown", "reverse", "list"}
+    assert max(hits[task] / drawn[task] for task in drawn) < 0.15, {t: hits[t] / drawn[t] for t in drawn}
 
 
 def test_datamodule_splits_formats_and_verify(tokenizer):

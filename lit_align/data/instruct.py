@@ -2,9 +2,15 @@
 checks (`lit_align.rewards.instruct`), with no download.
 
 An instruction is a task ("Repeat the word cat 3 times.", "Count down from 9 to 5.", "Spell the
-word mango backwards.", "Name 3 fruits, separated by commas.") and up to ``max_modifiers``
-format constraints ("Use capital letters only.", "Put your answer in square brackets.", "End
-with the word done."). The gold response complies with all of them.
+word mango backwards.", "Name 3 fruits other than kiwi, separated by commas.") and up to
+``max_modifiers`` format constraints ("Use capital letters only.", "Put your answer in square
+brackets.", "End with the word done."). The gold response complies with all of them.
+
+The space is large (133 words, countdowns ending anywhere in 1..60, an excluded item in every
+list) so that the held-out instructions, which training never shows, are a small share of each
+task (a test holds it under 15%): held-out accuracy then measures the skill (copying and
+reversing a word, counting, stopping, avoiding an item), which a 0.87M model needs about 1,500
+SFT steps to learn, rather than recall of the few instructions a small space would hold out.
 """
 
 from __future__ import annotations
@@ -23,7 +29,20 @@ from lit_align.rewards.instruct import CATEGORIES, checks, content, parse_spec, 
 WORDS = (
     "cat", "sun", "tree", "blue", "river", "stone", "cloud", "lamp", "bird", "paper", "moon", "apple",
     "chair", "snow", "road", "glass", "wind", "bread", "ship", "leaf", "coin", "door", "fish", "rain",
+    "book", "hat", "cup", "box", "key", "ring", "rock", "sand", "salt", "milk", "egg", "cake", "tea",
+    "map", "pen", "bell", "bag", "bed", "bus", "car", "boat", "drum", "fan", "fork", "gate", "gift",
+    "goat", "horse", "house", "king", "lake", "lion", "mouse", "nest", "nose", "ocean", "plant",
+    "queen", "rose", "seed", "sheep", "shoe", "sock", "star", "table", "tiger", "toy", "train",
+    "truck", "wall", "watch", "water", "whale", "wheel", "wolf", "wood", "yard", "baby", "ball",
+    "bank", "barn", "beach", "bone", "brick", "bush", "candy", "clock", "coat", "corn", "cow", "desk",
+    "dish", "dress", "duck", "farm", "field", "flag", "floor", "frog", "girl", "grass", "hill", "jar",
+    "kite", "knife", "lamb", "light", "mask", "nail", "night", "oven", "park", "pig", "plate", "pond",
+    "rope", "skirt", "smoke", "spoon", "stick", "storm", "sugar", "tent", "tooth", "towel", "town",
+    "wave", "web", "wing",
 )  # fmt: skip
+# 133 words of at most five letters: enough that a word's instructions cannot all be learnt by
+# heart (held-out instructions then test the skill, not recall), short enough that six of them
+# with every modifier fit in eval.max_new_tokens.
 END_WORDS = ("done", "end", "stop", "over")
 
 
@@ -34,7 +53,7 @@ def make_instruction(rng: random.Random, max_count: int, max_modifiers: int) -> 
         spec: dict[str, Any] = {"task": task, "word": rng.choice(WORDS), "n": rng.randint(2, max_count)}
         text = f"Repeat the word {spec['word']} {spec['n']} times."
     elif task == "countdown":
-        stop = rng.randint(1, 20)
+        stop = rng.randint(1, 60)
         spec = {"task": task, "start": stop + rng.randint(2, max_count - 1), "stop": stop}
         text = f"Count down from {spec['start']} to {spec['stop']}."
     elif task == "reverse":
@@ -42,9 +61,14 @@ def make_instruction(rng: random.Random, max_count: int, max_modifiers: int) -> 
         text = f"Spell the word {spec['word']} backwards."
     else:
         category = rng.choice(sorted(CATEGORIES))
-        k = rng.randint(2, min(max_count, 5))
-        spec = {"task": task, "category": category, "k": k, "items": rng.sample(CATEGORIES[category], k)}
-        text = f"Name {k} {category}, separated by commas."
+        vocabulary = CATEGORIES[category]
+        k, excluded = rng.randint(2, min(max_count, 5)), rng.randrange(len(vocabulary))
+        # any k distinct items but the excluded one comply; the gold lists a random k in the
+        # category's order, so a greedy decoder learns a next item that always comes later
+        items = sorted(rng.sample([i for i in range(len(vocabulary)) if i != excluded], k))
+        spec = {"task": task, "category": category, "k": k, "exclude": vocabulary[excluded]}
+        spec["items"] = [vocabulary[i] for i in items]
+        text = f"Name {k} {category} other than {spec['exclude']}, separated by commas."
     modifiers = ["upper", "brackets", "end"] if task != "countdown" else ["brackets", "end"]
     for modifier in rng.sample(modifiers, rng.randint(0, min(max_modifiers, len(modifiers)))):
         if modifier == "upper":
@@ -63,7 +87,8 @@ def violate(rng: random.Random, spec: dict[str, Any], broken: set[str]) -> str:
     """A response that meets every constraint of ``spec`` except those in ``broken``.
 
     A broken task is one of the mistakes a small model makes: a count one off, another word
-    repeated, a list item twice, a word only partly reversed; a broken modifier is left out.
+    repeated, a list item twice or the excluded one, a word only partly reversed; a broken
+    modifier is left out.
     """
     answer = content(spec)
     if "task" in broken:
@@ -85,8 +110,10 @@ def _wrong_content(rng: random.Random, spec: dict[str, Any]) -> str:
         if coin < 1 / 3:
             return ", ".join(items[:-1])  # one item short
         if coin < 2 / 3:
-            extra = [i for i in CATEGORIES[spec["category"]] if i not in items]
+            extra = [i for i in CATEGORIES[spec["category"]] if i not in items and i != spec.get("exclude")]
             return ", ".join([*items, rng.choice(extra)])  # one too many
+        if spec.get("exclude") and coin < 5 / 6:
+            return ", ".join([*items[:-1], spec["exclude"]])  # the excluded item
         return ", ".join([*items[:-1], items[0]])  # an item twice
     if task == "repeat" and coin < 1 / 3:
         return " ".join([rng.choice([w for w in WORDS if w != spec["word"]])] * spec["n"])  # another word

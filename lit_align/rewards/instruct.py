@@ -7,7 +7,7 @@ modifiers, e.g. ``{"task": "repeat", "word": "cat", "n": 3, "upper": true, "brac
 done." The compliant response is ``CAT CAT CAT DONE``.
 
 Tasks (the content constraint): ``repeat`` a word n times; ``countdown`` from b to a; ``reverse``
-(spell a word backwards); ``list`` k distinct items of a category. Modifiers (format
+(spell a word backwards); ``list`` k distinct items of a category (but its ``exclude``). Modifiers (format
 constraints): ``upper`` (no lowercase letters), ``brackets`` (the answer wrapped in ``[ ]``),
 ``end`` (the last word). The content is checked case-insensitively, inside the brackets and
 before the end word, so each constraint is judged on its own.
@@ -21,9 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 CATEGORIES = {
-    "colors": ("red", "blue", "green", "black", "white", "pink", "gray", "brown", "gold", "orange"),
+    "colors": ("red", "blue", "green", "black", "white", "pink", "gray", "brown", "gold", "orange", "purple", "yellow"),
     "animals": ("cat", "dog", "cow", "fox", "owl", "bee", "pig", "hen", "rat", "bat", "elk", "yak"),
     "fruits": ("apple", "pear", "plum", "lime", "fig", "kiwi", "mango", "grape", "peach", "lemon"),
+    "vegetables": ("bean", "corn", "kale", "leek", "onion", "pea", "beet", "carrot", "radish", "potato"),
+    "metals": ("iron", "gold", "tin", "lead", "zinc", "copper", "silver", "nickel"),
+    "drinks": ("tea", "milk", "water", "juice", "coffee", "soda", "cocoa", "cider"),
 }
 TASKS = ("repeat", "countdown", "reverse", "list")
 
@@ -80,7 +83,8 @@ def _task_met(text: str, spec: dict[str, Any]) -> bool:
     if task == "list":
         items = [item.strip() for item in text.split(",")]
         vocabulary = CATEGORIES[spec["category"]]
-        return len(items) == spec["k"] and len(set(items)) == spec["k"] and all(i in vocabulary for i in items)
+        allowed = set(vocabulary) - {spec.get("exclude")}
+        return len(items) == spec["k"] and len(set(items)) == spec["k"] and all(i in allowed for i in items)
     if task == "reverse":
         return text == spec["word"][::-1]
     # repeat and countdown: the same words in the same order, whatever the spacing

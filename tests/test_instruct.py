@@ -131,6 +131,26 @@ def test_datamodule_splits_formats_and_verify(tokenizer):
     assert {"prompt", "answer", "solution"} <= set(dm.prompt_set().column_names)
 
 
+def test_imperfect_demonstrations_skip_modifiers_only_in_sft_rows(tokenizer):
+    def rows(batch_format, rate):
+        dm = InstructDataModule(tokenizer, num_train=300, num_val=4, num_test=4, batch_format=batch_format,
+                                demo_modifier_rate=rate)  # fmt: skip
+        dm.setup()
+        return dm.problems()["train"], dm._raw_train
+
+    problems, exact = rows("sft", 1.0)
+    assert exact["response"] == problems["solution"]
+    _, sloppy = rows("sft", 0.0)
+    skipped = 0
+    for problem, row in zip(problems, sloppy, strict=True):
+        met = checks(row["response"], json.loads(problem["answer"]))
+        assert met.pop("task") and not any(met.values())  # the task done, every modifier skipped
+        skipped += row["response"] != problem["solution"]
+    assert skipped > 150  # most instructions have a modifier
+    _, pairs = rows("pairs", 0.0)
+    assert pairs["chosen"] == problems["solution"]  # preference data judges every constraint
+
+
 SMALL = ["data=instruct", "data.num_train=64", "data.num_val=8", "data.num_test=8"]
 
 

@@ -20,7 +20,8 @@ class GeneratedTaskDataModule(AlignDataModule):
     read) and ``solution`` (the gold response). ``wrong_responses(rng, row, n)`` returns ``n``
     ``(text, rank)`` pairs, rank ≥ 1 counting what is wrong. From those:
 
-    - ``sft``: prompt → solution;
+    - ``sft``: prompt → ``demonstration(rng, row)`` (the solution unless a subclass makes the
+      demonstrations imperfect);
     - ``pairs``: the solution is chosen, one wrong response rejected;
     - ``groups``: the solution (rank 0) and ``group_size - 1`` wrong responses;
     - ``rollout``: prompts only (online sampling brings the rows);
@@ -42,6 +43,10 @@ class GeneratedTaskDataModule(AlignDataModule):
 
     def wrong_responses(self, rng: random.Random, row: dict[str, Any], n: int) -> list[tuple[str, int]]:
         raise NotImplementedError
+
+    def demonstration(self, rng: random.Random, row: dict[str, Any]) -> str:
+        """The SFT target for a training problem: its gold solution."""
+        return row["solution"]
 
     def problems(self) -> DatasetDict:
         """The generated problems, made once."""
@@ -68,7 +73,7 @@ class GeneratedTaskDataModule(AlignDataModule):
         def train_row(row: dict[str, Any]) -> dict[str, Any]:
             prompt, solution = self._prompt(row), row["solution"]
             if self.batch_format == "sft":
-                return {"prompt": prompt, "response": solution}
+                return {"prompt": prompt, "response": self.demonstration(rng, row)}
             if self.batch_format == "rollout":
                 return {"prompt": prompt}
             if self.batch_format == "pairs":

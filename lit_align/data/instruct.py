@@ -44,6 +44,7 @@ WORDS = (
 # heart (held-out instructions then test the skill, not recall), short enough that six of them
 # with every modifier fit in eval.max_new_tokens.
 END_WORDS = ("done", "end", "stop", "over")
+MODIFIERS = ("upper", "brackets", "end")
 
 
 def make_instruction(rng: random.Random, max_count: int, max_modifiers: int) -> dict[str, Any]:
@@ -137,6 +138,10 @@ class InstructDataModule(GeneratedTaskDataModule):
         max_count: the largest count or range length asked for (difficulty).
         max_modifiers: format constraints per instruction, 0 to 3 (difficulty).
         group_size: responses per instruction in the ``groups`` format.
+        demo_modifier_rate: the chance an SFT demonstration applies each format modifier its
+            instruction asks for (1: always). Below 1 the demonstrations, like people's, often
+            skip them, and an SFT model learns to: the room the preference and RL objectives,
+            whose pairs and rewards judge every constraint, are there to take.
         prompt_template: how an instruction becomes the user's message; ``{instruction}`` is
             replaced.
         chat_template: send that message through the tokenizer's chat template (when it has
@@ -156,12 +161,16 @@ class InstructDataModule(GeneratedTaskDataModule):
         max_count: int = 6,
         max_modifiers: int = 2,
         group_size: int = 4,
+        demo_modifier_rate: float = 0.3,
         prompt_template: str = "{instruction}",
         chat_template: bool = True,
         **loader: Any,
     ) -> None:
         super().__init__(tokenizer, seed, group_size, prompt_template, **loader)
         self.use_chat_template = chat_template
+        if not 0.0 <= demo_modifier_rate <= 1.0:
+            raise ValueError(f"demo_modifier_rate is a probability, got {demo_modifier_rate}")
+        self.demo_modifier_rate = demo_modifier_rate
         if max_count < 3 or not 0 <= max_modifiers <= 3:
             raise ValueError(f"need max_count >= 3 and max_modifiers in 0..3, got {max_count}, {max_modifiers}")
         self.sizes = (num_train, num_val, num_test)
@@ -192,10 +201,20 @@ class InstructDataModule(GeneratedTaskDataModule):
             splits[name] = Dataset.from_list(rows)
         return DatasetDict(splits)
 
+    def demonstration(self, rng: random.Random, row: dict[str, Any]) -> str:
+        """The SFT response: the compliant one with each format modifier left out with probability
+        ``1 - demo_modifier_rate``, as demonstrations written by people skip instructions.
+        Pairs, groups and held-out rows keep the compliant response."""
+        if self.demo_modifier_rate >= 1.0:
+            return row["solution"]
+        spec = json.loads(row["answer"])
+        skipped = {m for m in MODIFIERS if spec.get(m) and rng.random() >= self.demo_modifier_rate}
+        return violate(rng, spec, skipped) if skipped else row["solution"]
+
     def wrong_responses(self, rng: random.Random, row: dict[str, Any], n: int) -> list[tuple[str, int]]:
         """Responses that break 1 to all of the instruction's constraints, ranked by how many."""
         spec = json.loads(row["answer"])
-        constraints = ["task", *(m for m in ("upper", "brackets", "end") if spec.get(m))]
+        constraints = ["task", *(m for m in MODIFIERS if spec.get(m))]
         wrong = []
         for _ in range(n):
             broken = set(rng.sample(constraints, rng.randint(1, len(constraints))))

@@ -27,6 +27,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.max_prompt_length", lambda v: v >= 1, ">= 1"),
     ("trainer.max_steps", lambda v: v == -1 or v >= 1, ">= 1 (or -1 to train by epochs)"),
     ("grad_clip", lambda v: v is None or v >= 0, ">= 0 or null"),
+    ("max_bad_steps", lambda v: v >= 1, ">= 1"),
     ("eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
 ]
 

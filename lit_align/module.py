@@ -66,6 +66,7 @@ class AlignModule(L.LightningModule):
         max_new_tokens: int = 64,
         verifier: Callable[[str, str], float | None] = exact_match,
         eval_metrics: dict[str, Callable[[str, str], tuple[float, float] | None]] | None = None,
+        max_bad_steps: int = 3,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -85,6 +86,9 @@ class AlignModule(L.LightningModule):
         self.held_out = ModuleDict({
             stage: ModuleDict({name: MeanMetric() for name in self.scorers}) for stage in ("val", "test")
         })  # fmt: skip
+        self.max_bad_steps = max_bad_steps
+        self.skipped_steps = 0  # steps whose loss or gradient was not finite, over the run
+        self.bad_in_a_row = 0
         self.train_tokens = 0  # summed over the run, for summary.json
         self.train_seconds = 0.0
         self.validated_at_step = -1
@@ -96,6 +100,11 @@ class AlignModule(L.LightningModule):
         optimizer = self.optimizers()
         normalizer = self._across_ranks(sum(self.objective.normalizer(micro) for micro in batch))
         loss, metrics = self._over_micro_batches(batch, normalizer, backward=True)
+        rows = sum(len(micro["input_ids"]) for micro in batch)
+        if not self._finite(loss):
+            self._skip_step(optimizer, rows)
+            return
+        self.bad_in_a_row = 0
         if self.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         lr = optimizer.param_groups[0]["lr"]
@@ -108,11 +117,35 @@ class AlignModule(L.LightningModule):
         seconds = time.perf_counter() - start
         self.train_tokens += tokens
         self.train_seconds += seconds
-        rows = sum(len(micro["input_ids"]) for micro in batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=rows)
         self.log("train/lr", lr, batch_size=rows)
         self.log("train/tokens_per_s", tokens / seconds, batch_size=rows)
         self.log_dict(metrics, batch_size=rows)
+
+    def _finite(self, loss: Tensor) -> bool:
+        """Whether the step's loss and every gradient are finite on all ranks (one decision for
+        all, so that no rank steps alone)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2 shards
+        bad = (~torch.isfinite(loss)).float() + sum((~torch.isfinite(g)).any().float() for g in local)
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return bool(bad == 0)
+
+    def _skip_step(self, optimizer: Any, rows: int) -> None:
+        """Drops a step with a non-finite loss or gradient: no optimizer or scheduler step (the
+        weights, the moments and the step count stay), counted in ``train/skipped_steps``; after
+        ``max_bad_steps`` in a row the run stops, since the model or the data is broken."""
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.bad_in_a_row += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=rows)
+        if self.bad_in_a_row >= self.max_bad_steps:
+            raise FloatingPointError(
+                f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient (after optimizer "
+                f"step {self.global_step}); stopping with the last finite weights. Lower optimizer.lr, "
+                "check the data, or raise max_bad_steps."
+            )
 
     def _over_micro_batches(
         self, batch: list[Batch], normalizer: Tensor, backward: bool
@@ -252,8 +285,10 @@ class AlignModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The reference is a frozen copy of the starting policy: storing it again is waste.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+        checkpoint["skipped_steps"] = (self.skipped_steps, self.bad_in_a_row)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps, self.bad_in_a_row = checkpoint.get("skipped_steps", (0, 0))
         if self.reference is not None:  # keep strict loading: refill the keys we left out
             ref = {f"reference.{k}": v for k, v in self.reference.state_dict().items()}
             checkpoint["state_dict"].update(ref)

@@ -1,0 +1,79 @@
+"""Non-finite losses and gradients: the step is skipped and counted, the weights stay as they
+were, and a run whose steps keep failing stops with a message."""
+
+from __future__ import annotations
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+
+from lit_align.config import ConfigError, validate
+from lit_align.module import AlignModule
+from lit_align.train import train
+from tests.conftest import make_cfg
+
+
+def poison(monkeypatch, bad_calls: set[int]) -> None:
+    """Makes the training loss NaN on the given objective calls (0-based; one per step here)."""
+    original, calls = AlignModule.objective_step, [0]
+
+    def objective_step(self, micro, normalizer):
+        out = original(self, micro, normalizer)
+        if self.training:
+            calls[0] += 1
+            if calls[0] - 1 in bad_calls:
+                return out._replace(loss=out.loss * torch.tensor(float("nan")))
+        return out
+
+    monkeypatch.setattr(AlignModule, "objective_step", objective_step)
+
+
+class WeightsPerBatch(L.Callback):
+    def __init__(self) -> None:
+        self.before, self.after = [], []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.before.append([p.detach().clone() for p in module.policy.parameters()])
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.after.append([p.detach().clone() for p in module.policy.parameters()])
+
+
+def test_non_finite_steps_are_skipped_counted_and_leave_the_weights(tmp_path, monkeypatch):
+    poison(monkeypatch, {2, 3})
+    weights = WeightsPerBatch()
+    monkeypatch.setattr("lit_align.train._instantiate_each", _with(weights))
+    summary = train(make_cfg(tmp_path))
+    # Six optimizer steps were taken: the two skipped batches did not count as steps.
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 2
+    changed = [any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
+               for before, after in zip(weights.before, weights.after, strict=True)]  # fmt: skip
+    # (the first step's learning rate is 0: warmup starts there)
+    assert changed[:5] == [False, True, False, False, True] and len(changed) == 8
+    assert all(torch.isfinite(p).all() for p in weights.after[-1])
+    with (tmp_path / "metrics.csv").open() as f:
+        logged = [row["train/skipped_steps"] for row in csv.DictReader(f)]
+    assert {float(v) for v in logged if v} == {1.0, 2.0}
+
+
+def test_a_run_whose_steps_keep_failing_stops(tmp_path, monkeypatch):
+    poison(monkeypatch, set(range(100)))
+    with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss or gradient"):
+        train(make_cfg(tmp_path))
+    cfg = make_cfg(tmp_path, "max_bad_steps=0")
+    with pytest.raises(ConfigError, match="max_bad_steps must be >= 1, got 0"):
+        validate(cfg)
+
+
+def _with(extra: L.Callback):
+    from lit_align import train as train_module
+
+    original = train_module._instantiate_each
+
+    def instantiate_each(node):
+        made = original(node)
+        return [*made, extra] if node is not None and "model_checkpoint" in node else made
+
+    return instantiate_each

@@ -47,6 +47,12 @@ def validate(cfg: DictConfig) -> None:
             f"data.max_length={data.max_length} must exceed data.max_prompt_length="
             f"{data.max_prompt_length} (the prompt budget), or no response token fits"
         )
+    rollout = cfg.get("rollout") or {}
+    if (cfg.get("objective") or {}).get("precompute_ref") and "_target_" in rollout:
+        raise ConfigError(
+            "objective.precompute_ref=true scores fixed pairs once before training, but rollout=online "
+            "makes new pairs from the policy: set objective.precompute_ref=false (a reference model is kept)"
+        )
 
 
 def _missing(node: Any, prefix: str = "") -> list[str]:

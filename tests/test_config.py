@@ -57,11 +57,19 @@ def test_every_option_composes_and_binds(tmp_path, group, option):
         ("trainer.max_steps=0", "trainer.max_steps must be >= 1"),
         ("eval.max_new_tokens=0", "eval.max_new_tokens must be >= 1"),
         ("optimizer.lr=fast", "optimizer.lr must be > 0, got 'fast'"),
+        ("max_bad_steps=0", "max_bad_steps must be >= 1, got 0"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         validate(make_cfg(tmp_path, override))
+
+
+def test_incompatible_combinations_are_refused_in_one_line(tmp_path):
+    cfg = make_cfg(tmp_path, "objective=dpo", "rollout=online", "objective.precompute_ref=true")
+    with pytest.raises(ConfigError, match=r"set objective\.precompute_ref=false \(a reference model is kept\)"):
+        validate(cfg)
+    validate(make_cfg(tmp_path, "objective=dpo", "rollout=online"))  # without it: fine
 
 
 def test_defaults_are_valid(tmp_path):

@@ -55,13 +55,12 @@ class _FileDataModule(AlignDataModule):
         eval_split: str = "test",
         num_val: int = 64,
         num_test: int = 64,
-        seed: int = 0,
         **loader: Any,
     ) -> None:
         super().__init__(tokenizer, **loader)
         self.source, self.split = source, split
         self.eval_source, self.eval_split = eval_source, eval_split
-        self.num_val, self.num_test, self.seed = num_val, num_test, seed
+        self.num_val, self.num_test = num_val, num_test
 
     def normalize(self, row: dict[str, Any], index: int, source: str) -> dict[str, Any] | None:
         """A raw row in the objective's row schema, or ``None`` to drop it."""

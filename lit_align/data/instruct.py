@@ -70,7 +70,7 @@ def make_instruction(rng: random.Random, max_count: int, max_modifiers: int) -> 
         spec = {"task": task, "category": category, "k": k, "exclude": vocabulary[excluded]}
         spec["items"] = [vocabulary[i] for i in items]
         text = f"Name {k} {category} other than {spec['exclude']}, separated by commas."
-    modifiers = ["upper", "brackets", "end"] if task != "countdown" else ["brackets", "end"]
+    modifiers = list(MODIFIERS) if task != "countdown" else ["brackets", "end"]  # no letters to capitalise
     for modifier in rng.sample(modifiers, rng.randint(0, min(max_modifiers, len(modifiers)))):
         if modifier == "upper":
             spec["upper"] = True

@@ -127,7 +127,7 @@ class AlignModule(L.LightningModule):
         all, so that no rank steps alone)."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2 shards
-        bad = (~torch.isfinite(loss)).float() + sum((~torch.isfinite(g)).any().float() for g in local)
+        bad = (~torch.stack([torch.isfinite(t).all() for t in (loss, *local)]).all()).float()
         if self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
         return bool(bad == 0)

@@ -24,7 +24,7 @@ from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.generated import GeneratedTaskDataModule
-from lit_align.rewards.instruct import CATEGORIES, checks, content, parse_spec, render
+from lit_align.rewards.instruct import CATEGORIES, MODIFIERS, constraints_met, content, render
 
 WORDS = (
     "cat", "sun", "tree", "blue", "river", "stone", "cloud", "lamp", "bird", "paper", "moon", "apple",
@@ -44,7 +44,6 @@ WORDS = (
 # heart (held-out instructions then test the skill, not recall), short enough that six of them
 # with every modifier fit in eval.max_new_tokens.
 END_WORDS = ("done", "end", "stop", "over")
-MODIFIERS = ("upper", "brackets", "end")
 
 
 def make_instruction(rng: random.Random, max_count: int, max_modifiers: int) -> dict[str, Any]:
@@ -205,8 +204,6 @@ class InstructDataModule(GeneratedTaskDataModule):
         """The SFT response: the compliant one with each format modifier left out with probability
         ``1 - demo_modifier_rate``, as demonstrations written by people skip instructions.
         Pairs, groups and held-out rows keep the compliant response."""
-        if self.demo_modifier_rate >= 1.0:
-            return row["solution"]
         spec = json.loads(row["answer"])
         skipped = {m for m in MODIFIERS if spec.get(m) and rng.random() >= self.demo_modifier_rate}
         return violate(rng, spec, skipped) if skipped else row["solution"]
@@ -233,13 +230,10 @@ class InstructDataModule(GeneratedTaskDataModule):
 
 
 def _instruction_accuracy(completion: str, answer: str) -> tuple[float, float] | None:
-    spec = parse_spec(answer)
-    return None if spec is None else (float(all(checks(completion, spec).values())), 1.0)
+    count = constraints_met(completion, answer)
+    return None if count is None else (float(count[0] == count[1]), 1.0)
 
 
 def _constraint_accuracy(completion: str, answer: str) -> tuple[float, float] | None:
-    spec = parse_spec(answer)
-    if spec is None:
-        return None
-    met = checks(completion, spec)
-    return sum(met.values()) / len(met), float(len(met))
+    count = constraints_met(completion, answer)
+    return None if count is None else (count[0] / count[1], float(count[1]))

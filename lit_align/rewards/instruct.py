@@ -7,8 +7,9 @@ modifiers, e.g. ``{"task": "repeat", "word": "cat", "n": 3, "upper": true, "brac
 done." The compliant response is ``CAT CAT CAT DONE``.
 
 Tasks (the content constraint): ``repeat`` a word n times; ``countdown`` from b to a; ``reverse``
-(spell a word backwards); ``list`` k distinct items of a category (but its ``exclude``). Modifiers (format
-constraints): ``upper`` (no lowercase letters), ``brackets`` (the answer wrapped in ``[ ]``),
+(spell a word backwards); ``list`` k distinct items of a category, its ``exclude`` not among
+them. Modifiers (format constraints): ``upper`` (no lowercase letters), ``brackets`` (the answer
+wrapped in ``[ ]``),
 ``end`` (the last word). The content is checked case-insensitively, inside the brackets and
 before the end word, so each constraint is judged on its own.
 """
@@ -29,6 +30,7 @@ CATEGORIES = {
     "drinks": ("tea", "milk", "water", "juice", "coffee", "soda", "cocoa", "cider"),
 }
 TASKS = ("repeat", "countdown", "reverse", "list")
+MODIFIERS = ("upper", "brackets", "end")
 
 
 def content(spec: dict[str, Any]) -> str:
@@ -102,6 +104,16 @@ def parse_spec(answer: Any) -> dict[str, Any] | None:
     return spec
 
 
+def constraints_met(completion: str, answer: Any) -> tuple[int, int] | None:
+    """How many of the instruction's constraints ``completion`` meets, and how many it has;
+    ``None`` when ``answer`` is not an instruction spec."""
+    spec = parse_spec(answer)
+    if spec is None:
+        return None
+    met = checks(completion, spec)
+    return sum(met.values()), len(met)
+
+
 class InstructionReward:
     """The fraction of an instruction's constraints a completion meets (1.0: all of them);
     ``None`` when the gold ``answer`` is not an instruction spec."""
@@ -111,12 +123,5 @@ class InstructionReward:
     def __call__(
         self, prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any
     ) -> list[float | None]:
-        scores: list[float | None] = []
-        for completion, gold in zip(completions, answer, strict=True):
-            spec = parse_spec(gold)
-            if spec is None:
-                scores.append(None)
-                continue
-            met = checks(completion, spec)
-            scores.append(sum(met.values()) / len(met))
-        return scores
+        counts = [constraints_met(c, gold) for c, gold in zip(completions, answer, strict=True)]
+        return [None if count is None else count[0] / count[1] for count in counts]

@@ -11,6 +11,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from lit_align.callbacks.preemption import Interrupted
 from lit_align.config import ConfigError
 from lit_align.train import train
 
@@ -25,6 +26,11 @@ def main(cfg: DictConfig) -> None:
         train(cfg)
     except (ConfigError, MissingMandatoryValue) as error:
         sys.exit(f"lit_align: {error}")
+    except Interrupted as stop:
+        # A scheduler reads 128 + signum as "killed by that signal"; the checkpoint is written.
+        print(f"lit_align: {stop}. Resume: the same command with hydra.run.dir=<this run dir> ckpt_path=last",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(128 + stop.signum)
     except InstantiationException as error:
         # A loader's ConfigError, or one of our classes refusing an argument value: one line,
         # no traceback. A ValueError from a library keeps its traceback.

@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_align.checkpointing import rng_states, set_rng_states
 from lit_align.models.forward import eval_mode, forward_logps, policy_forward
 from lit_align.models.value import ValueHead
 from lit_align.objectives.base import Objective, ObjectiveOutput
@@ -283,15 +284,29 @@ class AlignModule(L.LightningModule):
     # -- checkpoints --------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        require_finite(self, "checkpoint")
         # The reference is a frozen copy of the starting policy: storing it again is waste.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
         checkpoint["skipped_steps"] = (self.skipped_steps, self.bad_in_a_row)
+        checkpoint["train_tokens"] = (self.train_tokens, self.train_seconds)
+        # Lightning keeps no RNG state; a resumed run must draw what this one would (dropout…).
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps, self.bad_in_a_row = checkpoint.get("skipped_steps", (0, 0))
+        self.train_tokens, self.train_seconds = checkpoint.get("train_tokens", (0, 0.0))
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
         if self.reference is not None:  # keep strict loading: refill the keys we left out
             ref = {f"reference.{k}": v for k, v in self.reference.state_dict().items()}
             checkpoint["state_dict"].update(ref)
+
+
+def require_finite(module: torch.nn.Module, what: str) -> None:
+    """Refuses to write a ``what`` (checkpoint, export) of weights that are NaN or infinite."""
+    bad = [name for name, p in module.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if bad:
+        raise FloatingPointError(f"refusing to write a {what}: {len(bad)} parameters are not finite, e.g. {bad[0]}")
 
 
 @torch.no_grad()

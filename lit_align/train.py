@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_align.config import ConfigError, validate
-from lit_align.module import AlignModule, sequence_logps
+from lit_align.module import AlignModule, require_finite, sequence_logps
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -90,7 +90,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start: dict[str, float] = {}
     if cfg.eval.before_train:
         start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only: a checkpoint is tensors, numbers and strings; loading one runs no code.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     final = _floats(trainer.callback_metrics)
     if module.validated_at_step != trainer.global_step:  # evaluate the weights we export
         final |= _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
@@ -110,6 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if trainer.is_global_zero:
+        require_finite(module.policy, "model export")
         module.policy.save_pretrained(out_dir / "model")
         tokenizer.save_pretrained(out_dir / "model")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -122,10 +124,11 @@ def _sft_start(cfg: DictConfig) -> dict[str, Any]:
     configured data, or reuses the result of an earlier run with the same settings.
 
     The stage is this run's config with ``init``'s objective, steps, learning rate and batch
-    size, and without online sampling or lit_align's own callbacks; for the default model and
-    data it is exactly the default SFT run. Its run directory is
+    size, and without online sampling or lit_align's own callbacks (but ``save_on_signal``); for
+    the default model and data it is exactly the default SFT run. Its run directory is
     ``init.cache_dir/sft-<hash>``, the hash taken over everything that decides its weights; a
-    directory with a ``summary.json`` is complete and reused.
+    directory with a ``summary.json`` is complete and reused, one with only a checkpoint (an
+    interrupted stage) resumes from it.
     """
     if "name_or_path" not in cfg.model:
         raise ConfigError("init=sft needs a model config with a name_or_path key to load the SFT model from")
@@ -140,7 +143,7 @@ def _sft_start(cfg: DictConfig) -> dict[str, Any]:
             stage.model.policy.head = "lm"  # a reward model starts from the SFT model's trunk
         stage.callbacks = {
             name: node for name, node in (cfg.get("callbacks") or {}).items()
-            if not str(node.get("_target_", "")).startswith("lit_align.")
+            if not str(node.get("_target_", "")).startswith("lit_align.") or name == "save_on_signal"
         }  # fmt: skip
     weights = {key: stage.get(key) for key in ("seed", "model", "data", "objective", "optimizer", "scheduler")}
     weights |= {"grad_clip": stage.grad_clip, "max_steps": stage.trainer.max_steps,
@@ -148,6 +151,8 @@ def _sft_start(cfg: DictConfig) -> dict[str, Any]:
     blob = json.dumps(OmegaConf.to_container(OmegaConf.create(weights), resolve=True), sort_keys=True)
     out_dir = Path(cfg.init.cache_dir).expanduser() / f"sft-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
     stage.paths.output_dir = str(out_dir)
+    # An interrupted stage resumes from its own checkpoint (never from the run's ckpt_path).
+    stage.ckpt_path = "last" if (out_dir / "checkpoints" / "last.ckpt").is_file() else None
     console = Console()
     if (out_dir / "summary.json").is_file() and (out_dir / "model").is_dir():
         console.print(f"init: reusing the SFT model in {out_dir} (same settings; delete it to retrain)")

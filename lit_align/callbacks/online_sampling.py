@@ -40,8 +40,9 @@ class OnlineSampling(L.Callback):
 
     Prompts come from the datamodule's ``prompt_set()`` in a seeded order, each refresh taking
     the next ``num_prompts`` (wrapping around). Under DDP each rank samples its own shard of
-    them; the rows are then gathered so every rank holds the same buffer, which Lightning's
-    distributed sampler splits evenly.
+    them; the rows are then gathered so every rank holds the same buffer, which the training
+    loader splits evenly. The buffer is checkpointed with the prompt cursor: a resumed run goes
+    on training on the samples it was training on.
 
     Logs ``rollout/reward_mean``, ``reward_std``, ``pass_rate``, ``unscorable_frac``,
     ``frac_reward_zero_std`` (prompts whose samples all scored the same: no learning signal for
@@ -97,11 +98,14 @@ class OnlineSampling(L.Callback):
         self.log_samples = log_samples
         self.refreshes = 0  # checkpointed with the cursor, so a resumed run samples new prompts
         self.cursor = 0
+        self.rows: list[dict[str, Any]] | None = None  # the current buffer
         self._prompts: Dataset | None = None
+        self._datamodule: Any = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._datamodule = trainer.datamodule  # where a restored buffer goes
         if pl_module.objective.precompute_ref:
             raise ValueError("objective.precompute_ref scores a fixed dataset once; online sampling refreshes it")
         if trainer.datamodule.batch_format == "rollout":
@@ -120,18 +124,32 @@ class OnlineSampling(L.Callback):
             trainer.reload_dataloaders_every_n_epochs = self.every_n_epochs
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is not None and self.rows is not None:
+            return  # resumed: the checkpoint's buffer is already the training split
         self.refresh(trainer, pl_module)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # The refresh after an epoch's last batch, here rather than in on_train_epoch_end: a
+        # checkpoint written after this batch (checkpoint callbacks run last) then holds the new
+        # buffer, which a run resumed from it trains on; Lightning does not repeat the end of an
+        # epoch it restarts after.
+        if batch_idx + 1 < trainer.num_training_batches:
+            return
         done = trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not done:
             self.refresh(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"refreshes": self.refreshes, "cursor": self.cursor}
+        # The buffer itself: a resumed run trains on the samples this one drew, not on new ones.
+        return {"refreshes": self.refreshes, "cursor": self.cursor, "rows": self.rows}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.refreshes, self.cursor = state_dict["refreshes"], state_dict["cursor"]
+        self.rows = state_dict.get("rows")
+        if self.rows is not None and self._datamodule is not None:
+            self._datamodule.set_train_rows(self.rows)
 
     # -- one refresh ----------------------------------------------------------------------------
 
@@ -159,6 +177,7 @@ class OnlineSampling(L.Callback):
                                      samples.get("references"))  # fmt: skip
         if rows:
             datamodule.set_train_rows(rows)
+            self.rows = rows
         elif self.refreshes == 0:
             raise RuntimeError(
                 f"online sampling made no {datamodule.batch_format} rows from {len(chosen)} prompts: every "

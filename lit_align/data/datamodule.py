@@ -25,6 +25,7 @@ from lit_align.data.collate import (
     encode_prompt,
     encode_prompt_response,
 )  # fmt: skip
+from lit_align.data.loader import ResumableLoader
 from lit_align.rewards.math import exact_match
 
 # What each objective's training rows look like before tokenising:
@@ -60,6 +61,9 @@ class AlignDataModule(L.LightningDataModule):
         max_length: longest training sequence, prompt plus response, in tokens.
         max_prompt_length: the prompt budget; longer prompts keep their last tokens.
         num_workers: dataloader worker processes.
+        shuffle_seed: seeds the training order: epoch ``e`` is a permutation drawn from
+            ``shuffle_seed + e`` (`lit_align.data.loader`), the same whatever else the run
+            samples; the configs pass the run's ``seed``.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class AlignDataModule(L.LightningDataModule):
         max_length: int = 256,
         max_prompt_length: int = 192,
         num_workers: int = 0,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_format not in BATCH_FORMATS:
@@ -92,6 +97,7 @@ class AlignDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.num_workers = num_workers
+        self.shuffle_seed = shuffle_seed
         self.splits: dict[str, Dataset] | None = None
         self.stats: dict[str, int] = {}
 
@@ -201,11 +207,14 @@ class AlignDataModule(L.LightningDataModule):
         train = self.train_split()
         batch = self.per_device_batch_size()
         collate = partial(_COLLATE[self.batch_format], pad_id=self.tokenizer.pad_token_id)
-        return DataLoader(
+        trainer = self.trainer
+        return ResumableLoader(
             train,
+            seed=self.shuffle_seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
             batch_size=batch,
-            shuffle=True,
-            drop_last=len(train) >= batch,  # every step sees a full batch
+            drop_last=len(train) >= self.batch_size,  # every step sees a full batch
             collate_fn=StepCollator(collate, self.micro_batch_size or batch),
             num_workers=self.num_workers,
         )
@@ -220,7 +229,10 @@ class AlignDataModule(L.LightningDataModule):
             collate = partial(collate_prompts, pad_id=pad_id)
         else:
             collate = StepCollator(partial(_COLLATE[self.batch_format], pad_id=pad_id), self.eval_batch_size)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, collate_fn=collate, num_workers=self.num_workers)
+        # Its own generator: creating the iterator draws a worker seed from it, not from the
+        # global RNG, so evaluating more or less often cannot change what training draws.
+        return DataLoader(dataset, batch_size=self.eval_batch_size, collate_fn=collate,
+                          num_workers=self.num_workers, generator=torch.Generator())  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
         return self._held_out_loader("validation")

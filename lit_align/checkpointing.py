@@ -1,0 +1,66 @@
+"""What a checkpoint needs beyond Lightning's defaults: atomic writes and the RNG streams.
+
+Lightning writes a checkpoint through fsspec to a temporary file in the system temp directory
+and then moves it into place. When that directory is on another filesystem than the run
+directory (common on clusters: local /tmp, networked home), the move is a copy, and a kill
+during the copy leaves a truncated ``last.ckpt`` where a good one was. `AtomicCheckpointIO`
+writes beside the target, syncs, and renames: on one filesystem, a rename is atomic.
+
+Lightning does not save the RNG streams either; `rng_states` / `set_rng_states` do (in a form
+``torch.load(weights_only=True)`` accepts), so that a resumed run draws what the uninterrupted
+one would have.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves a local checkpoint to ``<name>.tmp`` in the target's directory, fsyncs it and
+    renames it over the target, so the target is always either the old or the new checkpoint.
+    Remote paths (``s3://`` …) keep Lightning's writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's Python, NumPy, torch CPU (and CUDA) RNG states, as tensors and tuples."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restores what `rng_states` returned."""
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,22 @@
+"""Callbacks that interrupt a CLI run from inside, at an exact step, for the resume tests:
+``+callbacks.interrupt._target_=tests.interrupt.SignalAt +callbacks.interrupt.step=7``."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import lightning as L
+
+
+class SignalAt(L.Callback):
+    """Sends ``signum`` (SIGKILL by default) to this process once optimizer step ``step`` is
+    done, before the step's checkpoint callbacks run (Lightning runs those last)."""
+
+    def __init__(self, step: int, signum: str = "SIGKILL") -> None:
+        self.step, self.signum = step, signal.Signals[signum]
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)

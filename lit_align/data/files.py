@@ -1,50 +1,72 @@
-"""Conversations, preference pairs and ranked chains of thought from local files or the Hub,
-through `datasets`.
+"""Conversations, preference pairs and ranked chains of thought from local files or the Hub.
 
 ``source`` is a local ``.json``/``.jsonl``/``.parquet`` file (or a directory of them) or a Hub
-dataset name. Rows are checked as they are read: a row missing a required field fails with the
-source and the row index; empty responses are dropped and counted in ``stats``.
+dataset name, read by `lit_align.data.rows`. Every row is checked as it is read, and each problem
+has a class:
+
+- ``not_utf8``, ``malformed_json``: a JSON Lines line that is not UTF-8 or not JSON;
+- ``missing_field``, ``wrong_type``: a required field absent or null, or of the wrong type or
+  shape (``chosen`` a number, ``messages`` not a list of ``{role, content}``, ``rank`` not an
+  integer, ``correct`` not a boolean, …);
+- ``empty``: nothing to train on (an empty prompt, response or assistant turn);
+- ``too_long``: a prompt over ``max_prompt_length`` or a sequence over ``max_length`` tokens;
+- ``no_correct_response``: a ranked group read as SFT rows with no correct chain to imitate.
+
+``on_bad_row`` (the first four classes), ``on_empty`` and ``on_long`` decide whether such a row
+fails the run, in one line naming the file and the row's 0-based index in it (in JSON Lines,
+its line), or is skipped; ``on_long=truncate`` keeps long rows and cuts them instead (see
+`encode_prompt_response`). Skipped rows are counted in ``stats``, the datamodule's counters that
+``train`` prints and stores in ``summary.json``: ``data/dropped_rows`` in all and
+``data/dropped_rows/<class>`` for each class that occurred.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections import Counter
+from typing import Any, Literal, get_args
 
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict
+from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.chat import encode_conversation, render_chat
 from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.rows import BadRow, Row, bad_row, load_rows, messages_field, require, text_field, wrong_type
 
-_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+OnBadRow = Literal["error", "skip"]
+OnEmpty = Literal["skip", "error"]
+OnLong = Literal["error", "skip", "truncate"]
 
-
-def load_rows(source: str, split: str) -> Dataset:
-    """One split of a local file or a Hub dataset."""
-    path = Path(source).expanduser()
-    if path.suffix in _FORMATS:
-        if not path.is_file():
-            raise FileNotFoundError(f"data file not found: {source}")
-        return load_dataset(_FORMATS[path.suffix], data_files={split: str(path)}, split=split)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in _FORMATS)
-        if not files:
-            raise FileNotFoundError(f"no .json, .jsonl or .parquet file in {source}")
-        return load_dataset(_FORMATS[files[0].suffix], data_files={split: [str(f) for f in files]}, split=split)
-    return load_dataset(source, split=split)
-
-
-def require(row: dict[str, Any], fields: tuple[str, ...], source: str, index: int) -> None:
-    """Fails naming the source and row when one of ``fields`` is absent or null."""
-    for field in fields:
-        if row.get(field) is None:
-            raise ValueError(f"{source}: row {index}: missing field {field!r} (needs {', '.join(fields)})")
+# The option that decides what becomes of a row of each class; ``None``: always skipped.
+_OPTION: dict[str, str | None] = {"empty": "on_empty", "too_long": "on_long", "no_correct_response": None}
+# A normalised ranked row carries the number of empty responses it lost under this key until it
+# is kept, so rows that are skipped after all (too long, say) do not count theirs.
+_EMPTY_RESPONSES = "_empty_responses"
 
 
 class _FileDataModule(AlignDataModule):
     """Shared loading: train rows from ``source``; held-out rows from ``eval_source`` or carved
-    from the training split."""
+    from the training split. Rows are checked as they are read (see the module docstring).
+
+    Args:
+        source: a ``.json``/``.jsonl``/``.parquet`` file, a folder of them, or a Hub dataset.
+        split: the split of a Hub dataset to train on.
+        eval_source: where held-out rows come from; ``None`` carves the first ``num_val +
+            num_test`` rows off the training rows.
+        eval_split: the split of a Hub ``eval_source``.
+        num_val: held-out rows for validation.
+        num_test: held-out rows for test.
+        on_bad_row: a row that is not UTF-8 or not JSON, or lacks a field, or has one of the
+            wrong type or shape: ``error`` fails naming the file and row, ``skip`` drops it.
+        on_empty: a row with an empty prompt, response or assistant turn: ``skip`` drops it
+            (and an empty chain from a ranked group, counted in ``data/empty_responses``, the
+            group kept while a chain is left), ``error`` fails naming the file and row.
+        on_long: a row whose prompt is over ``max_prompt_length`` tokens, or whose prompt and
+            response are over ``max_length``: ``error`` fails naming the file and row, ``skip``
+            drops it, ``truncate`` keeps it cut (the prompt's start, the response's end; counted
+            in ``data/prompt_truncated`` and ``data/response_truncated``).
+        loader: `AlignDataModule`'s arguments.
+    """
 
     def __init__(
         self,
@@ -55,26 +77,78 @@ class _FileDataModule(AlignDataModule):
         eval_split: str = "test",
         num_val: int = 64,
         num_test: int = 64,
+        on_bad_row: OnBadRow = "error",
+        on_empty: OnEmpty = "skip",
+        on_long: OnLong = "error",
         **loader: Any,
     ) -> None:
         super().__init__(tokenizer, **loader)
+        for name, value, kind in (
+            ("on_bad_row", on_bad_row, OnBadRow),
+            ("on_empty", on_empty, OnEmpty),
+            ("on_long", on_long, OnLong),
+        ):
+            if value not in get_args(kind):
+                raise ValueError(f"{name} must be one of {get_args(kind)}, got {value!r}")
         self.source, self.split = source, split
         self.eval_source, self.eval_split = eval_source, eval_split
         self.num_val, self.num_test = num_val, num_test
+        self.on_bad_row, self.on_empty, self.on_long = on_bad_row, on_empty, on_long
 
-    def normalize(self, row: dict[str, Any], index: int, source: str) -> dict[str, Any] | None:
-        """A raw row in the objective's row schema, or ``None`` to drop it."""
+    def normalize(self, row: Row, index: int, source: str) -> Row:
+        """A raw row in the objective's row schema; raises `BadRow` for a row it cannot use."""
         raise NotImplementedError
 
-    def _rows(self, dataset: Dataset, source: str) -> list[dict[str, Any]]:
-        rows = [self.normalize(row, i, source) for i, row in enumerate(dataset)]
-        self.stats["data/dropped_rows"] = self.stats.get("data/dropped_rows", 0) + sum(r is None for r in rows)
-        return [r for r in rows if r is not None]
+    def _check_length(self, row: Row, source: str, index: int) -> None:
+        if self.on_long == "truncate":
+            return  # the encoder cuts and flags; `_set_train` counts the training rows it cut
+        # The row is tokenised here and again when its split is encoded: it has to go before
+        # held-out rows are carved off, and the encoder's own flags are the exact test.
+        encoded = self._encode_train(row)
+        if encoded["prompt_truncated"]:
+            raise bad_row(
+                source, index, "too_long", f"prompt longer than max_prompt_length={self.max_prompt_length} tokens"
+            )
+        if encoded["response_truncated"]:
+            raise bad_row(source, index, "too_long", f"sequence longer than max_length={self.max_length} tokens")
+
+    def _rows(self, source: str, split: str) -> list[Row]:
+        rows: list[Row] = []
+        skipped: Counter[str] = Counter()
+        first = ""
+        for file, index, raw in load_rows(source, split):
+            try:
+                if isinstance(raw, BadRow):
+                    raise raw
+                row = self.normalize(raw, index, file)
+                self._check_length(row, file, index)
+            except BadRow as bad:
+                option = _OPTION.get(bad.reason, "on_bad_row")
+                if option and getattr(self, option) == "error":
+                    hint = ", truncate cuts them" if option == "on_long" else ""
+                    raise BadRow(bad.reason, f"{bad}; data.{option}=skip skips such rows{hint}") from None
+                skipped[bad.reason] += 1
+                first = first or str(bad)
+                continue
+            self._count("data/empty_responses", row.pop(_EMPTY_RESPONSES, 0))
+            rows.append(row)
+        self.stats["data/dropped_rows"] = self.stats.get("data/dropped_rows", 0) + skipped.total()  # always there
+        for reason, n in skipped.items():
+            self._count(f"data/dropped_rows/{reason}", n)
+        if skipped:
+            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
+            rank_zero_warn(f"skipped {skipped.total()} rows of {source} ({counts}); the first: {first}")
+        return rows
+
+    def _count(self, key: str, n: int) -> None:
+        """Adds ``n`` to ``stats[key]``; a counter appears once it is not 0."""
+        if n:
+            self.stats[key] = self.stats.get(key, 0) + n
 
     def build_splits(self) -> DatasetDict:
-        rows = self._rows(load_rows(self.source, self.split), self.source)
+        rows = self._rows(self.source, self.split)
         if self.eval_source:
-            held_out = self._rows(load_rows(self.eval_source, self.eval_split), self.eval_source)
+            held_out = self._rows(self.eval_source, self.eval_split)
             train = rows
         else:
             held_out, train = rows[: self.num_val + self.num_test], rows[self.num_val + self.num_test :]
@@ -97,22 +171,29 @@ class PreferenceDataModule(_FileDataModule):
     being the shared earlier turns) rendered with the tokenizer's chat template.
 
     Held-out pairs are evaluated with the objective itself (``val/rewards/accuracies`` …); with
-    ``batch_format="sft"`` the chosen response is the SFT target. Pairs with an empty chosen or
-    rejected response are dropped and counted.
+    ``batch_format="sft"`` the chosen response is the SFT target. A pair with an empty prompt,
+    chosen or rejected response is ``empty``, dropped and counted by default (``on_empty``);
+    bad rows otherwise follow ``on_bad_row`` and ``on_long`` (see `_FileDataModule`).
     """
 
-    def normalize(self, row: dict[str, Any], index: int, source: str) -> dict[str, Any] | None:
+    def normalize(self, row: Row, index: int, source: str) -> Row:
         require(row, ("chosen", "rejected"), source, index)
-        if isinstance(row["chosen"], list):  # conversational
-            prompt, chosen = render_chat(self.tokenizer, row["chosen"])
-            rejected = render_chat(self.tokenizer, row["rejected"])[1]
-            empty = not row["chosen"][-1].get("content") or not row["rejected"][-1].get("content")
+        if isinstance(row["chosen"], list) or isinstance(row["rejected"], list):  # conversational
+            chosen_turns = messages_field(row, "chosen", source, index)
+            rejected_turns = messages_field(row, "rejected", source, index)
+            for field, turns in (("chosen", chosen_turns), ("rejected", rejected_turns)):
+                if turns[-1]["role"] != "assistant":
+                    raise bad_row(source, index, "wrong_type", f"{field!r} must end with the assistant's turn")
+                if not turns[-1]["content"].strip():
+                    raise bad_row(source, index, "empty", f"the last turn of {field!r} is empty")
+            prompt, chosen = render_chat(self.tokenizer, chosen_turns)
+            rejected = render_chat(self.tokenizer, rejected_turns)[1]
         else:
-            require(row, ("prompt",), source, index)
-            prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-            empty = not chosen.strip() or not rejected.strip()
-        if empty:
-            return None
+            texts = {f: text_field(row, f, source, index) for f in ("prompt", "chosen", "rejected")}
+            for field, text in texts.items():
+                if not text.strip():
+                    raise bad_row(source, index, "empty", f"{field!r} is empty")
+            prompt, chosen, rejected = texts["prompt"], texts["chosen"], texts["rejected"]
         if self.batch_format == "sft":
             return {"prompt": prompt, "response": chosen}
         if self.batch_format == "pairs":
@@ -123,12 +204,15 @@ class PreferenceDataModule(_FileDataModule):
 class CotRankingDataModule(_FileDataModule):
     """Rows ``question``, optional ``answer`` and reference ``solution``, and ``responses``: a
     list of ``{"text", "correct"}`` (binary feedback) or ``{"text", "rank"}`` (ranking, lower is
-    better, ties allowed).
+    better, ties allowed), ``correct`` a boolean and ``rank`` an integer.
 
     A missing label is derived from the other (``correct`` = rank 0; rank = 0 if correct else 1).
     The ``solution``, when present, joins the group as a reference chain (trained by L_VFT only).
-    Held-out questions are evaluated by generation against ``answer``. Empty responses are
-    dropped and counted (``data/empty_responses``).
+    Held-out questions are evaluated by generation against ``answer``. An empty response is
+    dropped from its group and counted (``data/empty_responses``), a group left with none is
+    ``empty``; with ``on_empty=error`` either fails. As SFT rows (the first correct chain), a
+    group with no correct chain is dropped (``no_correct_response``). Bad rows otherwise
+    follow ``on_bad_row`` and ``on_long`` (see `_FileDataModule`).
 
     Args:
         prompt_template: how a question becomes a prompt; ``{question}`` is replaced.
@@ -138,32 +222,59 @@ class CotRankingDataModule(_FileDataModule):
         super().__init__(tokenizer, **kwargs)
         self.prompt_template = prompt_template
 
-    def normalize(self, row: dict[str, Any], index: int, source: str) -> dict[str, Any] | None:
+    def normalize(self, row: Row, index: int, source: str) -> Row:
         require(row, ("question", "responses"), source, index)
-        prompt = self.prompt_template.format(question=row["question"])
-        answer = None if row.get("answer") is None else str(row["answer"])
-        responses = []
+        question = text_field(row, "question", source, index)
+        if not question.strip():
+            raise bad_row(source, index, "empty", "'question' is empty")
+        answer = row.get("answer")
+        if answer is not None and not isinstance(answer, (str, int, float)):
+            raise wrong_type(source, index, "'answer' must be text or a number", answer)
+        solution = text_field(row, "solution", source, index) if row.get("solution") is not None else None
+        if not isinstance(row["responses"], list):
+            raise wrong_type(source, index, "'responses' must be a list", row["responses"])
+        responses, empty = [], 0
         for j, response in enumerate(row["responses"]):
-            if response.get("text") is None or (response.get("correct") is None and response.get("rank") is None):
-                raise ValueError(f"{source}: row {index}: response {j} needs 'text' and 'correct' or 'rank'")
-            if not response["text"].strip():
-                self.stats["data/empty_responses"] = self.stats.get("data/empty_responses", 0) + 1
-                continue
-            rank = response.get("rank")
-            correct = response.get("correct")
-            correct = bool(correct) if correct is not None else rank == 0
-            rank = int(rank) if rank is not None else (0 if correct else 1)
-            responses.append({"text": response["text"], "correct": correct, "rank": rank, "reference": False})
-        if row.get("solution"):
-            responses.append({"text": row["solution"], "correct": True, "rank": 0, "reference": True})
+            responses.append(self._response(response, j, source, index))
+            if not responses[-1]["text"].strip():
+                if self.on_empty == "error":
+                    raise bad_row(source, index, "empty", f"response {j} is empty")
+                responses.pop()
+                empty += 1
+        if solution:
+            responses.append({"text": solution, "correct": True, "rank": 0, "reference": True})
         if not responses:
-            return None
+            raise bad_row(source, index, "empty", "every response is empty")
+        prompt = self.prompt_template.format(question=question)
+        answer = None if answer is None else str(answer)
         if self.batch_format == "sft":
             best = [r for r in responses if r["correct"]]
-            return {"prompt": prompt, "response": best[0]["text"], "answer": answer} if best else None
+            if not best:
+                raise bad_row(source, index, "no_correct_response", "no correct response to train on")
+            return {"prompt": prompt, "response": best[0]["text"], "answer": answer, _EMPTY_RESPONSES: empty}
         if self.batch_format != "groups":
             raise ValueError("data=cot_ranking provides groups (objective=aft) or SFT rows, not pairs")
-        return {"prompt": prompt, "responses": responses, "answer": answer}
+        return {"prompt": prompt, "responses": responses, "answer": answer, _EMPTY_RESPONSES: empty}
+
+    @staticmethod
+    def _response(response: Any, j: int, source: str, index: int) -> Row:
+        """One chain as ``{"text", "correct", "rank", "reference"}``, its labels checked."""
+        if not isinstance(response, dict):
+            raise wrong_type(source, index, f"response {j} must be {{text, correct or rank}}", response)
+        text, correct, rank = response.get("text"), response.get("correct"), response.get("rank")
+        if text is None or (correct is None and rank is None):
+            raise bad_row(source, index, "missing_field", f"response {j} needs 'text' and 'correct' or 'rank'")
+        if not isinstance(text, str):
+            raise wrong_type(source, index, f"response {j}: 'text' must be text", text)
+        if correct is not None and not isinstance(correct, bool):
+            raise wrong_type(source, index, f"response {j}: 'correct' must be true or false", correct)
+        if isinstance(rank, float) and rank.is_integer():  # pandas stores an int column with gaps as floats
+            rank = int(rank)
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
+            raise wrong_type(source, index, f"response {j}: 'rank' must be an integer", rank)
+        correct = correct if correct is not None else rank == 0
+        rank = rank if rank is not None else (0 if correct else 1)
+        return {"text": text, "correct": correct, "rank": rank, "reference": False}
 
 
 class ChatDataModule(_FileDataModule):
@@ -172,19 +283,25 @@ class ChatDataModule(_FileDataModule):
     system and user turns and the template's role markers are context only. Held-out
     conversations are scored with the objective (``val/loss``: the assistant tokens' NLL).
 
-    Preference conversations (``chosen``/``rejected`` messages) are ``data=preference``.
+    A conversation with no assistant turn, or with an empty one (which would teach the model to
+    answer with nothing), is ``empty``, dropped and counted by default (``on_empty``); bad rows
+    otherwise follow ``on_bad_row`` and ``on_long`` (see `_FileDataModule`). Preference
+    conversations (``chosen``/``rejected`` messages) are ``data=preference``.
     """
 
-    def normalize(self, row: dict[str, Any], index: int, source: str) -> dict[str, Any] | None:
-        require(row, ("messages",), source, index)
+    def normalize(self, row: Row, index: int, source: str) -> Row:
         if self.batch_format != "sft":
             raise ValueError(
                 "data=chat provides SFT rows (objective=sft); preference conversations are data=preference"
             )
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-            return None  # nothing to train on
+        messages = messages_field(row, "messages", source, index)
+        assistant = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
+        if not assistant:
+            raise bad_row(source, index, "empty", "no assistant turn to train on")
+        for j in assistant:
+            if not messages[j]["content"].strip():
+                raise bad_row(source, index, "empty", f"assistant turn {j} is empty")
         return {"messages": messages}
 
-    def _encode_train(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _encode_train(self, row: Row) -> Row:
         return encode_conversation(self.tokenizer, row["messages"], self.max_length)

@@ -1,0 +1,140 @@
+"""Reading rows from local files or the Hub, and checking their fields, with every problem
+named by file and row (see `lit_align.data.files` for what becomes of a bad row)."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from datasets import load_dataset
+
+from lit_align.data.chat import Messages
+
+Row = dict[str, Any]
+
+_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
+class BadRow(ValueError):
+    """A row that cannot be used as written; ``reason`` is its class (see the module docstring)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def bad_row(source: str, index: int, reason: str, what: str) -> BadRow:
+    """A `BadRow` of class ``reason`` whose message names ``source`` and row ``index``."""
+    return BadRow(reason, f"{source}: row {index}: {what}")
+
+
+def wrong_type(source: str, index: int, what: str, value: Any) -> BadRow:
+    """A ``wrong_type`` row: ``what`` it needs, then the value's type and a short repr."""
+    text = repr(value)
+    return bad_row(source, index, "wrong_type", f"{what}, got {type(value).__name__} {text[:40]}")
+
+
+def load_rows(source: str, split: str) -> Iterator[tuple[str, int, Row | BadRow]]:
+    """Every row of ``source`` as ``(file, index, row)``: the file it came from (the dataset name
+    for the Hub), its 0-based index in that file, and the row, or a `BadRow` for a line that
+    could not be read, for the caller to fail on or skip. ``split`` applies to Hub datasets."""
+    path = Path(source).expanduser()
+    if path.suffix in _SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"data file not found: {source}")
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no .json, .jsonl or .parquet file in {source}")
+    else:
+        yield from ((source, i, row) for i, row in enumerate(load_dataset(source, split=split)))
+        return
+    for file in files:  # one file at a time, so a bad row is named by its own file and index
+        if file.suffix == ".parquet":
+            rows = enumerate(load_dataset("parquet", data_files={split: str(file)}, split=split))
+        else:
+            rows = _read_json(file)
+        yield from ((str(file), i, row) for i, row in rows)
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, Row | BadRow]]:
+    """The rows of a JSON Lines file, each with its line index, or of a file holding one JSON
+    array, each with its index in the array.
+
+    Read here, not with ``datasets.load_dataset("json")``: that fails on the whole file at one
+    bad line, with an Arrow error naming neither the line nor the problem, and unifies the
+    rows' types file-wide, so a number among strings is cast or refused before any row check
+    sees it. Line by line, a bad line is one `BadRow` and the others are read as written.
+    """
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    if data.lstrip()[:1] == b"[":
+        yield from enumerate(_json_array(path, data))
+        return
+    for index, line in enumerate(data.splitlines()):
+        if line.strip():  # a blank line (a trailing one, say) is no row, but keeps the numbering
+            yield index, _json_row(str(path), index, line)
+
+
+def _json_row(source: str, index: int, line: bytes) -> Row | BadRow:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return bad_row(
+            source, index, "not_utf8", f"not UTF-8 (byte {line[error.start]:#04x} at column {error.start + 1})"
+        )
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as error:
+        return bad_row(source, index, "malformed_json", f"not valid JSON ({error.msg} at column {error.colno})")
+    return row if isinstance(row, dict) else wrong_type(source, index, "a row must be a JSON object", row)
+
+
+def _json_array(path: Path, data: bytes) -> list[Row | BadRow]:
+    # An array is parsed whole: once its syntax or encoding is broken no row boundary can be
+    # trusted, so that fails however on_bad_row is set (JSON Lines can skip a bad line).
+    fix = "a JSON array is read whole, so this cannot be skipped; fix it or write JSON Lines"
+    try:
+        rows = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8 (byte {data[error.start]:#04x}); {fix}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: line {error.lineno}: not valid JSON ({error.msg}); {fix}") from None
+    return [
+        r if isinstance(r, dict) else wrong_type(str(path), i, "a row must be a JSON object", r)
+        for i, r in enumerate(rows)
+    ]
+
+
+def require(row: Row, fields: tuple[str, ...], source: str, index: int) -> None:
+    """Fails naming the source and row when one of ``fields`` is absent or null."""
+    for field in fields:
+        if row.get(field) is None:
+            raise bad_row(source, index, "missing_field", f"missing field {field!r} (needs {', '.join(fields)})")
+
+
+def text_field(row: Row, field: str, source: str, index: int) -> str:
+    """``row[field]``, which must be present and text."""
+    require(row, (field,), source, index)
+    if not isinstance(row[field], str):
+        raise wrong_type(source, index, f"{field!r} must be text", row[field])
+    return row[field]
+
+
+def messages_field(row: Row, field: str, source: str, index: int) -> Messages:
+    """``row[field]`` as a conversation: a non-empty list of ``{"role", "content"}`` with text
+    values (other keys dropped)."""
+    require(row, (field,), source, index)
+    value = row[field]
+    if not isinstance(value, list):
+        raise wrong_type(source, index, f"{field!r} must be a list of {{role, content}}", value)
+    if not value:
+        raise bad_row(source, index, "empty", f"{field!r} has no messages")
+    for j, m in enumerate(value):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise wrong_type(source, index, f"{field!r} message {j} must be {{role: text, content: text}}", m)
+    return [{"role": m["role"], "content": m["content"]} for m in value]

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from collections.abc import Sequence
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes an existing metrics.csv here. Keep it, and its columns, so that new
+        # rows are appended under one header (a new column rewrites the file with all rows).
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class AppendingCSVLogger(CSVLogger):
+    """Lightning's CSV logger, except that it appends to an existing ``metrics.csv``: a run
+    resumed in its run directory (``ckpt_path=last``) keeps the rows the interrupted run wrote.
+    Steps an interrupted run logged after its last checkpoint appear twice; the later rows are
+    the resumed run's."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def has_wandb_credentials() -> bool:

@@ -291,6 +291,8 @@ class AlignModule(L.LightningModule):
         checkpoint["train_tokens"] = (self.train_tokens, self.train_seconds)
         # Lightning keeps no RNG state; a resumed run must draw what this one would (dropout…).
         checkpoint["rng_states"] = rng_states()
+        for logger in self.trainer.loggers:  # the metrics up to the checkpoint reach the disk too
+            logger.save()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps, self.bad_in_a_row = checkpoint.get("skipped_steps", (0, 0))

@@ -24,11 +24,14 @@ class Interrupted(Exception):
 class SaveOnSignal(Checkpoint):
     """Turns SIGTERM (preemption, ``scancel``, ``kill``) and SIGINT (Ctrl+C) into a checkpoint.
 
-    A signal only sets a flag. The next boundary, the end of a training batch (after the
-    optimizer step, online sampling's refresh and the step's other callbacks: Lightning runs
-    checkpoint callbacks last) or the end of a validation, writes ``dirpath/last.ckpt``, the file
-    ``ckpt_path=last`` resumes from, and raises `Interrupted`. A second signal before then
-    restores the default handling and delivers the signal again: press Ctrl+C twice to quit now.
+    A signal only sets a flag. At the end of the training batch in progress (or the next one,
+    if it came during validation or a rollout) — after the optimizer step and the step's other
+    callbacks, online sampling's refresh included, since Lightning runs checkpoint callbacks
+    last — this writes ``dirpath/last.ckpt``, the file ``ckpt_path=last`` resumes from; the
+    run stops with `Interrupted` as the next batch or validation starts, once Lightning has
+    logged the saved step's metrics. (If that was the last step, the run just finishes.) A
+    second signal restores the default handling and delivers the signal again: press Ctrl+C
+    twice to quit at once.
 
     Under data parallelism the flag is reduced over ranks every step, so every rank saves and
     stops at the same step even when only one received the signal. Handlers are installed for
@@ -41,10 +44,11 @@ class SaveOnSignal(Checkpoint):
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
         self.received = 0
+        self.saved: Interrupted | None = None
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received = 0
+        self.received, self.saved = 0, None
         self._previous = {s: signal.signal(s, self._notify) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _notify(self, signum: int, frame: FrameType | None) -> None:
@@ -56,27 +60,27 @@ class SaveOnSignal(Checkpoint):
         rank_zero_info(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self._stop_if_signalled(trainer)
+        flag = torch.tensor(float(self.received > 0), device=trainer.strategy.root_device)
+        if trainer.world_size > 1:
+            flag = trainer.strategy.reduce(flag, reduce_op="sum")
+        if flag and self.saved is None:
+            path = self.dirpath / "last.ckpt"
+            trainer.save_checkpoint(path)
+            self.saved = Interrupted(self.received or signal.SIGTERM, trainer.global_step, path)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == "fit":  # not a `trainer.validate` of its own
-            self._stop_if_signalled(trainer)
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.saved is not None:
+            raise self.saved
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.saved is not None:
+            raise self.saved
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
-
-    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
-        flag = torch.tensor(float(self.received > 0), device=trainer.strategy.root_device)
-        if trainer.world_size > 1:
-            flag = trainer.strategy.reduce(flag, reduce_op="sum")
-        if not flag or trainer.sanity_checking:
-            return
-        path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
-        raise Interrupted(self.received or signal.SIGTERM, trainer.global_step, path)
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():

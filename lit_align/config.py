@@ -2,21 +2,23 @@
 
 `train` reads the config tree; this module only refuses values that would otherwise fail late
 (after minutes of data building or model loading) or fail silently. Each message names the key.
+
+The schema is the code itself: every node with a ``_target_`` is checked against the signature
+and annotations of the class or function it names (see `check_targets`), so a new argument
+needs no second declaration here, and a misspelled key or a value of the wrong type fails in
+one line instead of as a ``TypeError`` deep inside `hydra.utils.instantiate`.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem, reported in one line without a traceback."""
-
-
-_ABSENT = object()
+from lit_align.schema import ABSENT, ConfigError, check_targets, check_type, locate_target
 
 # (key, test, what the value must be). A key absent from the config is not checked.
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
@@ -31,15 +33,32 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
 ]
 
+# The keys `train` reads itself (no class to take their types from). A key absent is not checked.
+_TYPES: dict[str, Any] = {
+    "seed": int,
+    "ckpt_path": str | None,
+    "grad_clip": float | None,
+    "max_bad_steps": int,
+    "eval.before_train": bool,
+    "eval.max_new_tokens": int,
+    "init.max_steps": int,
+    "init.lr": float,
+    "init.batch_size": int,
+    "init.cache_dir": str,
+}
+
 
 def validate(cfg: DictConfig) -> None:
     """Raises `ConfigError` naming the first key whose value cannot work."""
     missing = sorted(_missing(OmegaConf.to_container(cfg, resolve=False)))
     if missing:
         raise ConfigError(f"{missing[0]} must be set, e.g. {missing[0]}=<value> on the command line")
+    for key, hint in _TYPES.items():  # first: target nodes interpolate some of them (${seed})
+        check_type(cfg, key, hint)
+    check_targets(cfg)
     for key, ok, expected in _RULES:
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is not _ABSENT and not _holds(ok, value):
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if value is not ABSENT and not _holds(ok, value):
             raise ConfigError(f"{key} must be {expected}, got {value!r}")
     data = cfg.get("data") or {}
     if "max_length" in data and "max_prompt_length" in data and data.max_length <= data.max_prompt_length:
@@ -47,11 +66,97 @@ def validate(cfg: DictConfig) -> None:
             f"data.max_length={data.max_length} must exceed data.max_prompt_length="
             f"{data.max_prompt_length} (the prompt budget), or no response token fits"
         )
-    rollout = cfg.get("rollout") or {}
-    if (cfg.get("objective") or {}).get("precompute_ref") and "_target_" in rollout:
+    _check_combinations(cfg)
+
+
+# -- combinations -------------------------------------------------------------------------------
+
+
+def _check_combinations(cfg: DictConfig) -> None:
+    """Settings that each work but not together, refused before the SFT stage or any model."""
+    # Imported here: light modules (lit_align.models.hf) import this one, and these pull in more.
+    from lit_align.callbacks.best_of_n import BestOfN
+
+    objective = locate_target(cfg.get("objective"))
+    name = f"objective={objective.__name__.lower()}" if objective else "the objective"
+    batch_format = getattr(objective, "batch_format", None)
+    scores = getattr(objective, "inputs", None) == "scores"  # a reward model: a score head, no generation
+    # `rollout=none` with an objective that sets rollout keys leaves a node without a _target_.
+    rollout = cfg.get("rollout")
+    online = isinstance(rollout, DictConfig) and "_target_" in rollout
+    if (cfg.get("objective") or {}).get("precompute_ref") and online:
         raise ConfigError(
             "objective.precompute_ref=true scores fixed pairs once before training, but rollout=online "
             "makes new pairs from the policy: set objective.precompute_ref=false (a reference model is kept)"
+        )
+    if batch_format == "rollout" and not online:
+        raise ConfigError(f"{name} trains on rollouts from online sampling: keep rollout=online")
+    head = OmegaConf.select(cfg, "model.policy.head", default=None)
+    if scores and head not in (None, "score"):
+        raise ConfigError(f"{name} trains a one-label score head: set model.policy.head=score, got {head!r}")
+    if objective and not scores and head == "score":
+        raise ConfigError(
+            f"{name} trains a language model, but model.policy.head=score builds a one-label score head: "
+            "set model.policy.head=lm (score is for objective=rm)"
+        )
+    for key, node in (cfg.get("callbacks") or {}).items():
+        callback = locate_target(node)
+        if scores and inspect.isclass(callback) and issubclass(callback, BestOfN):  # it would judge nothing, silently
+            raise ConfigError(
+                f"callbacks.{key} samples completions at test time, but {name}'s score head cannot "
+                "generate: use callbacks=default"
+            )
+    if online:
+        _check_online(cfg, rollout, name, batch_format, scores)
+    _check_strategy(cfg.get("trainer") or {})
+
+
+def _check_online(cfg: DictConfig, rollout: DictConfig, name: str, batch_format: str | None, scores: bool) -> None:
+    """Online sampling generates from the policy, scores with ``reward`` and needs prompts."""
+    from lit_align.data.datamodule import AlignDataModule
+
+    if locate_target(cfg.get("reward")) is None:
+        raise ConfigError("rollout=online scores its samples with reward, which is not set: pick one, e.g. reward=math")
+    if scores:
+        raise ConfigError(f"{name} trains a score head, which cannot generate samples: set rollout=none")
+    data = locate_target(cfg.get("data"))
+    if getattr(data, "prompt_set", None) is AlignDataModule.prompt_set:
+        # The base's `prompt_set` raises: the data holds fixed responses, not prompts to sample.
+        raise ConfigError(
+            f"rollout=online samples from the data's training prompts, but {data.__name__} has none "
+            "(its rows come with their responses): set rollout=none"
+        )
+    if batch_format == "rollout":  # what `OnlineSampling.setup` refuses, here before the SFT stage
+        if not rollout.get("every_n_epochs"):
+            raise ConfigError(
+                f"{name} learns on-policy: set rollout.every_n_epochs (update epochs per rollout), "
+                "or the first rollout would serve the whole run"
+            )
+        if rollout.get("temperature", 1.0) != 1 or rollout.get("top_p", 1.0) < 1 or rollout.get("top_k", 0) > 0:
+            raise ConfigError(
+                f"{name} needs samples from the policy itself: set rollout.temperature=1, rollout.top_p=1, "
+                "rollout.top_k=0"
+            )
+
+
+def _check_strategy(trainer: DictConfig | dict[str, Any]) -> None:
+    """Lightning refuses FSDP without a CUDA accelerator, but only once the trainer is built."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = trainer.get("strategy", "auto")
+    if isinstance(strategy, str):
+        fsdp, shown = strategy in FSDPStrategy.get_registered_strategies(), strategy
+    else:
+        located = locate_target(strategy)
+        fsdp = inspect.isclass(located) and issubclass(located, FSDPStrategy)
+        shown = getattr(located, "__name__", "")
+    accelerator = trainer.get("accelerator", "auto")
+    gpu = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    if fsdp and isinstance(accelerator, str) and not gpu:
+        found = " (no GPU found)" if accelerator == "auto" else ""
+        raise ConfigError(
+            f"trainer.strategy={shown} is FSDP, which needs GPUs, but trainer.accelerator={accelerator}{found}: "
+            "on CPU use strategy=fsdp2 or trainer.strategy=ddp"
         )
 
 

@@ -43,8 +43,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.model.name_or_path = init["model"]
     datasets.disable_progress_bars()  # the trainer's progress bar is the run's one display
     transformers.utils.logging.disable_progress_bar()
-    # The run dir already holds Hydra's .hydra/; the CSV logger only writes metrics.csv beside it.
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # Checkpoints hold the weights after the step, which is what resuming needs.
+    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
     # Lightning logs by global step; an online run's short epochs (one rollout each) still log.
     warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
     out_dir = Path(cfg.paths.output_dir)
@@ -75,9 +75,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     # `rollout=none` with an objective that sets rollout keys leaves a node without a _target_.
     online = bool(cfg.get("rollout")) and "_target_" in cfg.rollout
-    if objective.batch_format == "rollout" and not online:
-        name = type(objective).__name__.lower()
-        raise ConfigError(f"objective={name} trains on rollouts from online sampling: keep rollout=online")
     if online:  # online sampling: the training rows come from the policy, scored by the reward
         callbacks.append(instantiate(cfg.rollout, reward=instantiate(cfg.reward)))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_each(cfg.get("logger")), callbacks=callbacks)

@@ -56,7 +56,7 @@ def test_every_option_composes_and_binds(tmp_path, group, option):
         ("data.max_length=100", "data.max_length=100 must exceed data.max_prompt_length=192"),
         ("trainer.max_steps=0", "trainer.max_steps must be >= 1"),
         ("eval.max_new_tokens=0", "eval.max_new_tokens must be >= 1"),
-        ("optimizer.lr=fast", "optimizer.lr must be > 0, got 'fast'"),
+        ("optimizer.lr=fast", "optimizer.lr must be a float, got 'fast'"),  # the type before the range
         ("max_bad_steps=0", "max_bad_steps must be >= 1, got 0"),
     ],
 )

@@ -1,5 +1,7 @@
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
@@ -46,6 +48,23 @@ def test_a_failing_reward_is_named_with_its_sample():
 
     with pytest.raises(RuntimeError, match=r"reward 'picky' failed on sample 2 \(completion ''\)"):
         score(picky, ["p"] * 3, ["ab", "c", ""])
+
+
+@pytest.mark.parametrize(
+    "bad,problem",
+    [("1.0", "is not a number: '1.0'"), ([1.0], "is not a number: [1.0]"), (float("inf"), "is infinite: inf"),
+     (float("-inf"), "is infinite: -inf"), (torch.ones(2), "is not a number: tensor([1., 1.])")],
+)  # fmt: skip
+def test_a_score_that_is_not_a_finite_number_is_named_with_its_sample(bad, problem):
+    def sloppy(prompts, completions, **_):
+        return [0.5, bad, 1.0]
+
+    message = f"reward 'sloppy' gave sample 1 (completion 'the second one') a score that {problem}"
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        score(sloppy, ["p"] * 3, ["first", "the second one", "third"])
+    # Numbers of any kind are floats; NaN, like None, is unscorable.
+    scores = [1, torch.tensor(0.5), np.float32(0.25), np.float64("nan"), None]
+    assert score(lambda p, c, **_: scores, ["p"] * 5, ["c"] * 5) == [1.0, 0.5, 0.25, None, None]
 
 
 def test_composite_weights_and_unscorable_parts():

@@ -13,6 +13,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from lit_align.callbacks.preemption import Interrupted
 from lit_align.config import ConfigError
+from lit_align.data.rows import BadRow
 from lit_align.train import train
 
 # conf/ sits beside the package in a checkout and inside it in a wheel (see pyproject.toml).
@@ -24,12 +25,12 @@ CONF_DIR = next((p for p in (_HERE / "conf", _HERE.parent / "conf") if p.is_dir(
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
-    except (ConfigError, MissingMandatoryValue) as error:
+    except (ConfigError, MissingMandatoryValue, BadRow) as error:  # BadRow names the file and row
         sys.exit(f"lit_align: {error}")
     except Interrupted as stop:
         # A scheduler reads 128 + signum as "killed by that signal"; the checkpoint is written.
-        print(f"lit_align: {stop}. Resume: the same command with hydra.run.dir=<this run dir> ckpt_path=last",
-              file=sys.stderr)  # fmt: skip
+        print(f"lit_align: {stop}. Resume: the same command with hydra.run.dir={cfg.paths.output_dir} "
+              "ckpt_path=last", file=sys.stderr)  # fmt: skip
         sys.exit(128 + stop.signum)
     except InstantiationException as error:
         # A loader's ConfigError, or one of our classes refusing an argument value: one line,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,19 @@ def test_a_ranked_group_loses_only_its_empty_chains_and_sft_needs_a_correct_one(
 def test_an_unknown_option_value_is_refused(tokenizer, tmp_path, option):
     with pytest.raises(ValueError, match=rf"{option} must be one of \('"):
         PreferenceDataModule(tokenizer, source=str(tmp_path / "p.jsonl"), **{option: "ignore"})
+
+
+def test_the_cli_reports_a_bad_row_in_one_line(tmp_path):
+    source = tmp_path / "pairs.jsonl"
+    good = json.dumps({"prompt": "1+1=", "chosen": "2", "rejected": "3"})
+    source.write_text("\n".join([good] * 4 + ['{"prompt": "1+1=", "chosen": "2" "rejected": "3"}']) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "lit_align", "objective=dpo", "data=preference", f"data.source={source}",
+         "data.num_val=1", "data.num_test=1", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"lit_align: {source}: row 4: not valid JSON (Expecting ',' delimiter at column 34); "
+        "data.on_bad_row=skip skips such rows"
+    )

@@ -156,7 +156,7 @@ def _check_strategy(trainer: DictConfig | dict[str, Any]) -> None:
         found = " (no GPU found)" if accelerator == "auto" else ""
         raise ConfigError(
             f"trainer.strategy={shown} is FSDP, which needs GPUs, but trainer.accelerator={accelerator}{found}: "
-            "on CPU use strategy=fsdp2 or trainer.strategy=ddp"
+            "on CPU use trainer.strategy=ddp"
         )
 
 

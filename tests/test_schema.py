@@ -84,7 +84,7 @@ REFUSED = [
      "(its rows come with their responses): set rollout=none"),
     (["trainer.accelerator=cpu", "trainer.strategy=fsdp"],
      "trainer.strategy=fsdp is FSDP, which needs GPUs, but trainer.accelerator=cpu: "
-     "on CPU use strategy=fsdp2 or trainer.strategy=ddp"),
+     "on CPU use trainer.strategy=ddp"),
 ]  # fmt: skip
 
 

@@ -60,9 +60,10 @@ class SaveOnSignal(Checkpoint):
         rank_zero_info(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        flag = torch.tensor(float(self.received > 0), device=trainer.strategy.root_device)
-        if trainer.world_size > 1:
-            flag = trainer.strategy.reduce(flag, reduce_op="sum")
+        flag = self.received > 0
+        if trainer.world_size > 1:  # one all-reduce of a scalar per step: every rank stops together
+            signal_count = torch.tensor(float(flag), device=trainer.strategy.root_device)
+            flag = bool(trainer.strategy.reduce(signal_count, reduce_op="sum") > 0)
         if flag and self.saved is None:
             path = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(path)

@@ -58,14 +58,18 @@ class ResumableLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch_sampler.epoch, "batches": self.served, "rows": len(self.dataset)}
+        return {"epoch": self.epoch_sampler.epoch, "batches": self.served, "of": len(self), "rows": len(self.dataset)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch_sampler.set_epoch(state["epoch"])  # Lightning sets it again before iterating
+        if state["batches"] >= state["of"]:
+            # Saved after an epoch's last batch: the next epoch starts from its beginning, on
+            # whatever rows it has (online sampling may have drawn a buffer of another size).
+            self._resume_at = 0
+            return
         if state["rows"] != len(self.dataset):
             raise ValueError(
-                f"the checkpoint was trained on {state['rows']} training rows per epoch, this run has "
+                f"the checkpoint stopped mid-epoch over {state['rows']} training rows, this run has "
                 f"{len(self.dataset)}: resume with the data settings of the run that wrote it"
             )
-        self.epoch_sampler.set_epoch(state["epoch"])  # Lightning sets it again before iterating
-        # A checkpoint taken after an epoch's last batch resumes at the next epoch's start.
-        self._resume_at = state["batches"] if state["batches"] < len(self) else 0
+        self._resume_at = state["batches"]

@@ -118,10 +118,12 @@ class AlignModule(L.LightningModule):
         seconds = time.perf_counter() - start
         self.train_tokens += tokens
         self.train_seconds += seconds
-        self.log("train/loss", loss, prog_bar=True, batch_size=rows)
+        # Each rank's loss is its share of the step's (sum / (global count / world)): the mean
+        # over ranks is the step's loss, the same number one process would log.
+        self.log("train/loss", loss, prog_bar=True, batch_size=rows, sync_dist=True)
         self.log("train/lr", lr, batch_size=rows)
         self.log("train/tokens_per_s", tokens / seconds, batch_size=rows)
-        self.log_dict(metrics, batch_size=rows)
+        self.log_dict(metrics, batch_size=rows, sync_dist=True)
 
     def _finite(self, loss: Tensor) -> bool:
         """Whether the step's loss and every gradient are finite on all ranks (one decision for

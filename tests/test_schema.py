@@ -20,7 +20,7 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 NEEDS = {
     ("model", "hf"): ["model.name_or_path=/some/model"],
     ("reward", "model"): ["reward.name_or_path=/some/reward_model"],
-    **{("data", d): ["data.source=/some/rows.jsonl"] for d in ("chat", "preference", "cot_ranking")},
+    **{("data", d): ["data.source=/some/rows.jsonl"] for d in ("chat", "preference", "cot_ranking", "gsm8k")},
 }
 
 

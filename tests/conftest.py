@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 
 # No test touches the network: huggingface_hub reads these once, at import, so set them first.
@@ -62,3 +63,9 @@ def tokenizer():
 def tiny_model(tokenizer):
     torch.manual_seed(0)
     return tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    """``train/loss`` by step from a run's metrics.csv (a step logged twice: the later row)."""
+    with (run_dir / "metrics.csv").open() as f:
+        return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")}

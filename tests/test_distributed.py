@@ -4,7 +4,6 @@ re-execute pytest in the child rank) gives the same losses and the same weights.
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL
+from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL, losses_by_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,16 +26,11 @@ def _run(run_dir: Path, *overrides: str) -> str:
     return out.stdout + out.stderr
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
-    with (run_dir / "metrics.csv").open() as f:
-        return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")}
-
-
 def test_one_process_and_two_ddp_processes_train_the_same_run(tmp_path):
     _run(tmp_path / "one")
     log = _run(tmp_path / "two", "strategy=ddp", "trainer.devices=2")
     assert "MEMBER: 2/2" in log  # two ranks really ran
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    one, two = losses_by_step(tmp_path / "one"), losses_by_step(tmp_path / "two")
     assert len(one) == 4 and two == pytest.approx(one, rel=1e-5)
     a, b = load_file(tmp_path / "one/model/model.safetensors"), load_file(tmp_path / "two/model/model.safetensors")
     assert a.keys() == b.keys()

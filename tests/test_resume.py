@@ -4,7 +4,6 @@ weights, bit for bit on CPU."""
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL
+from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL, losses_by_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,9 +24,12 @@ def _run(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
                               timeout=300)  # fmt: skip
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
-    with (run_dir / "metrics.csv").open() as f:
-        return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")}
+def _reference(tmp_path: Path, overrides: list[str]) -> Path:
+    """The uninterrupted run."""
+    run_dir = tmp_path / "reference"
+    run_dir.mkdir()
+    assert _run(run_dir, *overrides).returncode == 0
+    return run_dir
 
 
 def _interrupted_and_resumed(tmp_path: Path, overrides: list[str], *interrupts: tuple[int, str]) -> Path:
@@ -50,7 +52,7 @@ def _interrupted_and_resumed(tmp_path: Path, overrides: list[str], *interrupts: 
 def _assert_same_run(resumed: Path, reference: Path) -> None:
     """Every step's loss in metrics.csv (which each resumed run appends to; the last row of a
     step wins) and the exported weights are exactly the reference's."""
-    assert _losses(resumed) == _losses(reference)  # exact, not approximate
+    assert losses_by_step(resumed) == losses_by_step(reference)  # exact, not approximate
     weights, expected_weights = (
         load_file(resumed / "model/model.safetensors"),
         load_file(reference / "model/model.safetensors"),
@@ -65,9 +67,7 @@ SFT = ["trainer.max_steps=12", "trainer.val_check_interval=4", "callbacks.model_
 
 
 def test_sft_stopped_twice_and_resumed_retraces_the_uninterrupted_run(tmp_path):
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    assert _run(reference, *SFT).returncode == 0
+    reference = _reference(tmp_path, SFT)
     # SIGTERM at step 5 saves step 5; SIGKILL at step 8 loses steps 7-8 (the last checkpoint is
     # step 6, mid-epoch, written by the run that had resumed from step 5).
     resumed = _interrupted_and_resumed(tmp_path, SFT, (5, "SIGTERM"), (8, "SIGKILL"))
@@ -85,9 +85,7 @@ PPO = ["objective=ppo", *ONLINE, "objective.kl.controller=adaptive", "objective.
 def test_online_run_killed_twice_and_resumed_retraces_the_uninterrupted_run(tmp_path):
     # PPO carries every piece of online state: the rollout buffer and prompt cursor, the adaptive
     # KL coefficient, the critic and its optimizer group.
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    assert _run(reference, *PPO).returncode == 0
+    reference = _reference(tmp_path, PPO)
     # Killed at step 5: resumes mid-rollout from step 3; killed at step 7: resumes from step 6,
     # whose checkpoint holds the rollout drawn after step 6.
     resumed = _interrupted_and_resumed(tmp_path, PPO, (5, "SIGKILL"), (7, "SIGKILL"))

@@ -6,11 +6,13 @@ has a class:
 
 - ``not_utf8``, ``malformed_json``: a JSON Lines line that is not UTF-8 or not JSON;
 - ``missing_field``, ``wrong_type``: a required field absent or null, or of the wrong type or
-  shape (``chosen`` a number, ``messages`` not a list of ``{role, content}``, ``rank`` not an
-  integer, ``correct`` not a boolean, …);
+  shape (``chosen`` a number, ``messages`` not a list of ``{role, content}``, ``chosen`` and
+  ``rejected`` conversations with different earlier turns, ``rank`` not an integer, ``correct``
+  not a boolean, …);
 - ``empty``: nothing to train on (an empty prompt, response or assistant turn);
 - ``too_long``: a prompt over ``max_prompt_length`` or a sequence over ``max_length`` tokens;
-- ``no_correct_response``: a ranked group read as SFT rows with no correct chain to imitate.
+- ``no_correct_response``: a ranked group read as SFT rows with no correct chain to imitate;
+- ``tie``: with ``drop_ties``, a preference pair whose two responses have the same score.
 
 ``on_bad_row`` (the first four classes), ``on_empty`` and ``on_long`` decide whether such a row
 fails the run, in one line naming the file and the row's 0-based index in it (in JSON Lines,
@@ -31,14 +33,24 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.chat import encode_conversation, render_chat
 from lit_align.data.datamodule import AlignDataModule
-from lit_align.data.rows import BadRow, Row, bad_row, load_rows, messages_field, require, text_field, wrong_type
+from lit_align.data.rows import (
+    BadRow,
+    Row,
+    bad_row,
+    is_local,
+    load_rows,
+    messages_field,
+    require,
+    text_field,
+    wrong_type,
+)
 
 OnBadRow = Literal["error", "skip"]
 OnEmpty = Literal["skip", "error"]
 OnLong = Literal["error", "skip", "truncate"]
 
 # The option that decides what becomes of a row of each class; ``None``: always skipped.
-_OPTION: dict[str, str | None] = {"empty": "on_empty", "too_long": "on_long", "no_correct_response": None}
+_OPTION: dict[str, str | None] = {"empty": "on_empty", "too_long": "on_long", "no_correct_response": None, "tie": None}
 # A normalised ranked row carries the number of empty responses it lost under this key until it
 # is kept, so rows that are skipped after all (too long, say) do not count theirs.
 _EMPTY_RESPONSES = "_empty_responses"
@@ -51,6 +63,10 @@ class _FileDataModule(AlignDataModule):
     Args:
         source: a ``.json``/``.jsonl``/``.parquet`` file, a folder of them, or a Hub dataset.
         split: the split of a Hub dataset to train on.
+        subset: the Hub dataset's config (``load_dataset``'s ``name``: ``main`` for
+            ``openai/gsm8k``), for ``source`` and a Hub ``eval_source`` alike, as held-out rows
+            usually come from another split of the same dataset; ``None`` takes the dataset's
+            default. Local files have none: set with no Hub dataset to read, it is refused.
         eval_source: where held-out rows come from; ``None`` carves the first ``num_val +
             num_test`` rows off the training rows.
         eval_split: the split of a Hub ``eval_source``.
@@ -73,6 +89,7 @@ class _FileDataModule(AlignDataModule):
         tokenizer: PreTrainedTokenizerBase,
         source: str,
         split: str = "train",
+        subset: str | None = None,
         eval_source: str | None = None,
         eval_split: str = "test",
         num_val: int = 64,
@@ -90,7 +107,13 @@ class _FileDataModule(AlignDataModule):
         ):
             if value not in get_args(kind):
                 raise ValueError(f"{name} must be one of {get_args(kind)}, got {value!r}")
-        self.source, self.split = source, split
+        if subset is not None and all(is_local(s) for s in (source, eval_source) if s):
+            local = " and ".join(s for s in (source, eval_source) if s)
+            raise ValueError(
+                f"subset={subset!r} picks a Hub dataset's config (load_dataset's name), but the data is "
+                f"local ({local}): remove subset"
+            )
+        self.source, self.split, self.subset = source, split, subset
         self.eval_source, self.eval_split = eval_source, eval_split
         self.num_val, self.num_test = num_val, num_test
         self.on_bad_row, self.on_empty, self.on_long = on_bad_row, on_empty, on_long
@@ -116,7 +139,7 @@ class _FileDataModule(AlignDataModule):
         rows: list[Row] = []
         skipped: Counter[str] = Counter()
         first = ""
-        for file, index, raw in load_rows(source, split):
+        for file, index, raw in load_rows(source, split, self.subset):
             try:
                 if isinstance(raw, BadRow):
                     raise raw
@@ -168,13 +191,25 @@ class _FileDataModule(AlignDataModule):
 class PreferenceDataModule(_FileDataModule):
     """Rows ``prompt``, ``chosen``, ``rejected`` as text, or ``chosen``/``rejected`` as
     conversations (lists of ``{"role", "content"}`` ending in the assistant's turn, the prompt
-    being the shared earlier turns) rendered with the tokenizer's chat template.
+    being the shared earlier turns) rendered with the tokenizer's chat template; other columns
+    (UltraFeedback's ``prompt``, ``prompt_id``, ``messages``) are ignored.
 
     Held-out pairs are evaluated with the objective itself (``val/rewards/accuracies`` …); with
     ``batch_format="sft"`` the chosen response is the SFT target. A pair with an empty prompt,
-    chosen or rejected response is ``empty``, dropped and counted by default (``on_empty``);
-    bad rows otherwise follow ``on_bad_row`` and ``on_long`` (see `_FileDataModule`).
+    chosen or rejected response is ``empty``, dropped and counted by default (``on_empty``); a
+    conversational pair whose earlier turns differ (two prompts, no preference between answers
+    to one) is ``wrong_type``; bad rows otherwise follow ``on_bad_row`` and ``on_long`` (see
+    `_FileDataModule`).
+
+    Args:
+        drop_ties: read ``score_chosen`` and ``score_rejected`` (numbers, as in UltraFeedback)
+            and drop a pair whose scores are equal, which prefers neither response (counted in
+            ``data/dropped_rows/tie``). SFT rows, the chosen response alone, keep it.
     """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, drop_ties: bool = False, **kwargs: Any) -> None:
+        super().__init__(tokenizer, **kwargs)
+        self.drop_ties = drop_ties
 
     def normalize(self, row: Row, index: int, source: str) -> Row:
         require(row, ("chosen", "rejected"), source, index)
@@ -186,6 +221,9 @@ class PreferenceDataModule(_FileDataModule):
                     raise bad_row(source, index, "wrong_type", f"{field!r} must end with the assistant's turn")
                 if not turns[-1]["content"].strip():
                     raise bad_row(source, index, "empty", f"the last turn of {field!r} is empty")
+            if chosen_turns[:-1] != rejected_turns[:-1]:
+                what = "'chosen' and 'rejected' must share the turns before the last"
+                raise bad_row(source, index, "wrong_type", what)
             prompt, chosen = render_chat(self.tokenizer, chosen_turns)
             rejected = render_chat(self.tokenizer, rejected_turns)[1]
         else:
@@ -196,9 +234,17 @@ class PreferenceDataModule(_FileDataModule):
             prompt, chosen, rejected = texts["prompt"], texts["chosen"], texts["rejected"]
         if self.batch_format == "sft":
             return {"prompt": prompt, "response": chosen}
-        if self.batch_format == "pairs":
-            return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-        raise ValueError("data=preference provides pairs (objective=dpo) or SFT rows (objective=sft), not groups")
+        if self.batch_format != "pairs":
+            raise ValueError("data=preference provides pairs (objective=dpo) or SFT rows (objective=sft), not groups")
+        if self.drop_ties:
+            fields = ("score_chosen", "score_rejected")
+            require(row, fields, source, index)
+            for field in fields:
+                if isinstance(row[field], bool) or not isinstance(row[field], int | float):
+                    raise wrong_type(source, index, f"{field!r} must be a number (drop_ties reads it)", row[field])
+            if row["score_chosen"] == row["score_rejected"]:
+                raise bad_row(source, index, "tie", f"score_chosen = score_rejected = {row['score_chosen']}")
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 class CotRankingDataModule(_FileDataModule):

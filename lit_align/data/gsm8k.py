@@ -1,5 +1,6 @@
-"""GSM8K-format math word problems from local files or the Hub (``openai/gsm8k``, config
-``main``): rows ``question`` and ``answer``, the answer a worked solution ending ``#### <number>``.
+"""GSM8K-format math word problems from local files or the Hub (``openai/gsm8k`` with
+``subset="main"``): rows ``question`` and ``answer``, the answer a worked solution ending
+``#### <number>``.
 
 SFT trains on the worked solution; held-out questions are scored by generation against the
 final number (`exact_match`, as the built-in task); online sampling (RLOO, PPO, online DPO, AFT)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from datasets import load_dataset
 
 from lit_align.data.chat import Messages
+from lit_align.schema import ConfigError
 
 Row = dict[str, Any]
 
@@ -37,10 +38,18 @@ def wrong_type(source: str, index: int, what: str, value: Any) -> BadRow:
     return bad_row(source, index, "wrong_type", f"{what}, got {type(value).__name__} {text[:40]}")
 
 
-def load_rows(source: str, split: str) -> Iterator[tuple[str, int, Row | BadRow]]:
+def is_local(source: str) -> bool:
+    """Whether ``source`` names a local ``.json``/``.jsonl``/``.parquet`` file or a folder
+    (which `load_rows` reads itself) rather than a Hub dataset."""
+    path = Path(source).expanduser()
+    return path.suffix in _SUFFIXES or path.is_dir()
+
+
+def load_rows(source: str, split: str, subset: str | None = None) -> Iterator[tuple[str, int, Row | BadRow]]:
     """Every row of ``source`` as ``(file, index, row)``: the file it came from (the dataset name
     for the Hub), its 0-based index in that file, and the row, or a `BadRow` for a line that
-    could not be read, for the caller to fail on or skip. ``split`` applies to Hub datasets."""
+    could not be read, for the caller to fail on or skip. ``split`` and ``subset`` (the
+    dataset's config, ``load_dataset``'s ``name``) apply to Hub datasets only."""
     path = Path(source).expanduser()
     if path.suffix in _SUFFIXES:
         if not path.is_file():
@@ -51,7 +60,7 @@ def load_rows(source: str, split: str) -> Iterator[tuple[str, int, Row | BadRow]
         if not files:
             raise FileNotFoundError(f"no .json, .jsonl or .parquet file in {source}")
     else:
-        yield from ((source, i, row) for i, row in enumerate(load_dataset(source, split=split)))
+        yield from ((source, i, row) for i, row in enumerate(_load_hub(source, subset, split)))
         return
     for file in files:  # one file at a time, so a bad row is named by its own file and index
         if file.suffix == ".parquet":
@@ -59,6 +68,19 @@ def load_rows(source: str, split: str) -> Iterator[tuple[str, int, Row | BadRow]
         else:
             rows = _read_json(file)
         yield from ((str(file), i, row) for i, row in rows)
+
+
+def _load_hub(source: str, subset: str | None, split: str) -> Iterable[Row]:
+    try:
+        return load_dataset(source, name=subset, split=split)
+    except ValueError as error:  # `datasets`' words for a config or split the dataset lacks
+        if not str(error).startswith(("Config name is missing", "BuilderConfig", "Unknown split")):
+            raise
+        what = " ".join(str(error).split("\n")[:2])
+        raise ConfigError(
+            f"{source} (subset={subset}, split={split}): {what}; data.subset picks the config "
+            "(load_dataset's name), data.split and data.eval_split the splits"
+        ) from None
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, Row | BadRow]]:

@@ -45,6 +45,8 @@ _TYPES: dict[str, Any] = {
     "init.lr": float,
     "init.batch_size": int,
     "init.cache_dir": str,
+    "model.gradient_checkpointing": bool,
+    "model.compile": bool,
 }
 
 
@@ -108,7 +110,7 @@ def _check_combinations(cfg: DictConfig) -> None:
             )
     if online:
         _check_online(cfg, rollout, name, batch_format, scores)
-    _check_strategy(cfg.get("trainer") or {})
+    _check_strategy(cfg.get("trainer") or {}, online)
 
 
 def _check_online(cfg: DictConfig, rollout: DictConfig, name: str, batch_format: str | None, scores: bool) -> None:
@@ -139,8 +141,10 @@ def _check_online(cfg: DictConfig, rollout: DictConfig, name: str, batch_format:
             )
 
 
-def _check_strategy(trainer: DictConfig | dict[str, Any]) -> None:
-    """Lightning refuses FSDP without a CUDA accelerator, but only once the trainer is built."""
+def _check_strategy(trainer: DictConfig | dict[str, Any], online: bool) -> None:
+    """Lightning refuses FSDP without a CUDA accelerator, but only once the trainer is built.
+    FSDP1 gathers its root unit (embeddings, head) only inside the wrapped module's forward,
+    which online sampling's generation (a callback, outside any step) is not."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     strategy = trainer.get("strategy", "auto")
@@ -156,7 +160,12 @@ def _check_strategy(trainer: DictConfig | dict[str, Any]) -> None:
         found = " (no GPU found)" if accelerator == "auto" else ""
         raise ConfigError(
             f"trainer.strategy={shown} is FSDP, which needs GPUs, but trainer.accelerator={accelerator}{found}: "
-            "on CPU use trainer.strategy=ddp"
+            "on CPU use strategy=fsdp2 (or strategy=ddp)"
+        )
+    if fsdp and online:
+        raise ConfigError(
+            f"trainer.strategy={shown} (FSDP1) cannot generate outside a training step, as online sampling "
+            "does: use strategy=fsdp2"
         )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.nn import ModuleDict
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -19,6 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_align.checkpointing import rng_states, set_rng_states
 from lit_align.models.forward import eval_mode, forward_logps, policy_forward
+from lit_align.models.lora import is_lora
+from lit_align.models.sharding import decoder_layers, shard
 from lit_align.models.value import ValueHead
 from lit_align.objectives.base import Objective, ObjectiveOutput
 from lit_align.objectives.reduce import masked_sum
@@ -40,7 +43,8 @@ class AlignModule(L.LightningModule):
     Args:
         policy: the causal LM being trained.
         objective: the loss; if its ``needs_reference`` is true, a frozen copy of the starting
-            policy is kept as the reference (eval mode, no grad, left out of checkpoints); if
+            policy is kept as the reference (eval mode, no grad, left out of checkpoints), or,
+            for a LoRA policy, the policy with its adapters off is the reference (no copy); if
             its ``needs_values`` is true, a critic (`ValueHead`, trained with the policy) is
             built on the policy's trunk or on a copy of it (``objective.critic``).
         tokenizer: decodes generations at evaluation.
@@ -68,13 +72,16 @@ class AlignModule(L.LightningModule):
         verifier: Callable[[str, str], float | None] = exact_match,
         eval_metrics: dict[str, Callable[[str, str], tuple[float, float] | None]] | None = None,
         max_bad_steps: int = 3,
+        gradient_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         # from_pretrained returns eval mode and Lightning keeps module modes as it finds them.
         self.policy = policy.train()
         self.objective = objective
-        self.reference = frozen_copy(policy) if objective.needs_reference else None
+        # A LoRA policy is its own reference with the adapters off (see `reference_logps`).
+        self.reference = frozen_copy(policy) if objective.needs_reference and not is_lora(policy) else None
         self.critic = ValueHead(policy, separate=objective.critic == "separate") if objective.needs_values else None
         self.tokenizer = tokenizer
         self.optimizer_factory = optimizer
@@ -93,6 +100,45 @@ class AlignModule(L.LightningModule):
         self.train_tokens = 0  # summed over the run, for summary.json
         self.train_seconds = 0.0
         self.validated_at_step = -1
+        self.gradient_checkpointing = gradient_checkpointing
+        self.compile = compile
+        self._configured = False
+
+    def configure_model(self) -> None:
+        """Memory and speed switches, then FSDP2 sharding under ModelParallelStrategy.
+
+        Lightning calls this on each ``fit``/``validate``/``test``; it acts once. Order matters:
+        checkpointing and compiling wrap each decoder layer's forward, and `fully_shard` then
+        makes those layers its units (torchtune and torchtitan order them the same way).
+        """
+        if self._configured:
+            return
+        self._configured = True
+        if self.gradient_checkpointing:
+            # Non-reentrant: works with frozen inputs (LoRA's frozen embeddings) and with FSDP2.
+            kwargs = {"use_reentrant": False}
+            if hasattr(self.policy, "activation_checkpointing_enable"):  # its name from transformers 5.x on
+                self.policy.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if self.compile:
+            # Each decoder layer, in place (parameter names unchanged): one graph reused by every
+            # layer, dynamic in batch and length; generation's cached steps compile once more.
+            for layer in decoder_layers(self.policy):
+                layer.compile(dynamic=True)
+        mesh = self._device_mesh  # set by ModelParallelStrategy only
+        if mesh is None:
+            return
+        if mesh["tensor_parallel"].size() > 1:
+            raise ValueError("strategy=fsdp2 shards over data parallelism only: set strategy.tensor_parallel_size=1")
+        mesh = mesh["data_parallel"]
+        for model in (self.policy, self.reference, self.critic and self.critic.trunk):
+            if model is not None:
+                shard(model, mesh)
+        if self.critic is not None:  # its head (and trunk root): every trained weight must be sharded
+            from torch.distributed.fsdp import fully_shard
+
+            fully_shard(self.critic, mesh=mesh)
 
     # -- training -----------------------------------------------------------------------------
 
@@ -107,7 +153,11 @@ class AlignModule(L.LightningModule):
             return
         self.bad_in_a_row = 0
         if self.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            root = self.trainer.strategy.model
+            if isinstance(root, FullyShardedDataParallel):  # FSDP1: the norm over all shards, from its root
+                root.clip_grad_norm_(self.grad_clip)
+            else:
+                self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -181,10 +231,20 @@ class AlignModule(L.LightningModule):
         if self.objective.needs_entropy:
             extras["entropy"] = out.entropy
         ref_logps = None
-        if self.reference is not None and "ref_logps" not in micro:  # rollout rows bring their own
-            with torch.no_grad():
-                ref_logps = forward_logps(self.reference, ids, mask)
+        if self.objective.needs_reference and "ref_logps" not in micro:  # rollout rows bring their own
+            ref_logps = self.reference_logps(ids, mask)
         return self.objective(micro, out.logps, ref_logps, normalizer, **extras)
+
+    @torch.no_grad()
+    def reference_logps(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``(N, L - 1)`` per-token log-probs under the reference: the frozen copy, or a LoRA
+        policy with its adapters off (the starting weights exactly: LoRA trains only the adapters)."""
+        if self.reference is not None:
+            return forward_logps(self.reference, input_ids, attention_mask)
+        if not is_lora(self.policy):
+            raise RuntimeError(f"{type(self.objective).__name__} has no reference model")
+        with self.policy.disable_adapter(), eval_mode(self.policy):
+            return forward_logps(self.policy, input_ids, attention_mask)
 
     @property
     def _critic_reads_policy(self) -> bool:
@@ -203,7 +263,7 @@ class AlignModule(L.LightningModule):
             if self.critic is not None:
                 with eval_mode(self.critic):
                     values = self.critic(input_ids, attention_mask, out.hidden)
-        ref_logps = out.logps if self.reference is None else forward_logps(self.reference, input_ids, attention_mask)
+        ref_logps = self.reference_logps(input_ids, attention_mask) if self.objective.needs_reference else out.logps
         return out.logps, ref_logps, values
 
     def _across_ranks(self, count: Tensor) -> Tensor:
@@ -287,8 +347,12 @@ class AlignModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         require_finite(self, "checkpoint")
-        # The reference is a frozen copy of the starting policy: storing it again is waste.
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+        # The reference is a frozen copy of the starting policy: storing it again is waste. A
+        # sharded checkpoint keeps it: Lightning loads those into the whole module, strictly.
+        if not self._sharded:
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")
+            }  # fmt: skip
         checkpoint["skipped_steps"] = (self.skipped_steps, self.bad_in_a_row)
         checkpoint["train_tokens"] = (self.train_tokens, self.train_seconds)
         # Lightning keeps no RNG state; a resumed run must draw what this one would (dropout…).
@@ -301,14 +365,20 @@ class AlignModule(L.LightningModule):
         self.train_tokens, self.train_seconds = checkpoint.get("train_tokens", (0, 0.0))
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
-        if self.reference is not None:  # keep strict loading: refill the keys we left out
+        if self.reference is not None and not self._sharded:  # keep strict loading: refill the keys we left out
             ref = {f"reference.{k}": v for k, v in self.reference.state_dict().items()}
             checkpoint["state_dict"].update(ref)
+
+    @property
+    def _sharded(self) -> bool:
+        return self._device_mesh is not None
 
 
 def require_finite(module: torch.nn.Module, what: str) -> None:
     """Refuses to write a ``what`` (checkpoint, export) of weights that are NaN or infinite."""
-    bad = [name for name, p in module.named_parameters() if not torch.isfinite(p.detach()).all()]
+    # A sharded (FSDP2) parameter is checked shard by shard: each rank its own.
+    local = ((name, p.to_local() if hasattr(p, "to_local") else p) for name, p in module.named_parameters())
+    bad = [name for name, p in local if not torch.isfinite(p.detach()).all()]
     if bad:
         raise FloatingPointError(f"refusing to write a {what}: {len(bad)} parameters are not finite, e.g. {bad[0]}")
 

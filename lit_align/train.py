@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_align.config import ConfigError, validate
-from lit_align.module import AlignModule, require_finite, sequence_logps
+from lit_align.models.export import export_model
+from lit_align.module import AlignModule, sequence_logps
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -58,6 +59,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         eval_by_generation=objective.inputs == "logps",  # a reward model is scored on held-out pairs
     )  # fmt: skip
     policy = instantiate(cfg.model.policy, tokenizer=tokenizer)
+    if cfg.model.get("lora"):
+        policy = instantiate(cfg.model.lora)(policy)
     module = AlignModule(
         policy=policy,
         objective=objective,
@@ -69,6 +72,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         max_new_tokens=cfg.eval.max_new_tokens,
         verifier=datamodule.verify,
         eval_metrics=datamodule.eval_metrics(),
+        gradient_checkpointing=cfg.model.get("gradient_checkpointing", False),
+        compile=cfg.model.get("compile", False),
     )
     callbacks = _instantiate_each(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the configured bar
@@ -107,10 +112,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_tokens_per_s": round(module.train_tokens / max(module.train_seconds, 1e-9), 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    export_model(module.policy, tokenizer, out_dir / "model", trainer.is_global_zero, root=trainer.strategy.model)
     if trainer.is_global_zero:
-        require_finite(module.policy, "model export")
-        module.policy.save_pretrained(out_dir / "model")
-        tokenizer.save_pretrained(out_dir / "model")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, out_dir)
     return summary

@@ -20,6 +20,7 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 NEEDS = {
     ("model", "hf"): ["model.name_or_path=/some/model"],
     ("reward", "model"): ["reward.name_or_path=/some/reward_model"],
+    ("strategy", "fsdp"): ["trainer.accelerator=gpu"],  # FSDP1 is refused on CPU (tested below)
     **{("data", d): ["data.source=/some/rows.jsonl"] for d in ("chat", "preference", "cot_ranking", "gsm8k")},
 }
 
@@ -84,7 +85,13 @@ REFUSED = [
      "(its rows come with their responses): set rollout=none"),
     (["trainer.accelerator=cpu", "trainer.strategy=fsdp"],
      "trainer.strategy=fsdp is FSDP, which needs GPUs, but trainer.accelerator=cpu: "
-     "on CPU use trainer.strategy=ddp"),
+     "on CPU use strategy=fsdp2 (or strategy=ddp)"),
+    (["strategy=fsdp", "trainer.accelerator=cpu"],
+     "trainer.strategy=FSDPStrategy is FSDP, which needs GPUs, but trainer.accelerator=cpu: "
+     "on CPU use strategy=fsdp2 (or strategy=ddp)"),
+    (["strategy=fsdp", "trainer.accelerator=gpu", "objective=rloo", "init=none"],
+     "trainer.strategy=FSDPStrategy (FSDP1) cannot generate outside a training step, as online sampling does: "
+     "use strategy=fsdp2"),
 ]  # fmt: skip
 
 

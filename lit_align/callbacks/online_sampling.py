@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_align.data.collate import encode_prompt, pad
+from lit_align.models.sharding import is_sharded
 from lit_align.rewards.base import score
 from lit_align.rollout.buffer import rollout_metrics, rows_from_samples
 from lit_align.rollout.experience import experience_rows, split_rollout
@@ -160,6 +161,12 @@ class OnlineSampling(L.Callback):
             self._prompts = datamodule.prompt_set()
         prompt_set = self._prompts
         chosen = self._next_prompts(len(prompt_set))
+        if len(chosen) % trainer.world_size and is_sharded(pl_module.policy):
+            # Every forward of a sharded model is a collective: all ranks need as many generate calls.
+            raise ValueError(
+                f"strategy=fsdp2 needs as many prompts on every rank: {len(chosen)} prompts per refresh do not "
+                f"split over {trainer.world_size} processes (set rollout.num_prompts to a multiple)"
+            )
         shard = prompt_set.select(chosen[trainer.global_rank :: trainer.world_size])
         samples = self._sample_and_score(pl_module, datamodule, shard)
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():

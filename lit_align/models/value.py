@@ -25,7 +25,10 @@ class ValueHead(nn.Module):
 
     def __init__(self, policy: PreTrainedModel, separate: bool = False) -> None:
         super().__init__()
-        self.trunk = copy.deepcopy(policy.base_model) if separate else None
+        # A LoRA policy's (PEFT) decoder is inside its base model; the copy keeps the adapters,
+        # so a separate critic trains its own adapters on the frozen trunk.
+        model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        self.trunk = copy.deepcopy(model.base_model) if separate else None
         hidden = policy.config.get_text_config().hidden_size
         self.head = nn.Linear(hidden, 1)
         # Small weights and zero bias: the first values are near 0, so an untrained critic

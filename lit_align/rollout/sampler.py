@@ -9,6 +9,8 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_align.models.forward import eval_mode, forward_logps
+from lit_align.models.sharding import synced_generation
+from lit_align.rollout.generate import PLAIN_DECODING
 
 
 @dataclass
@@ -103,6 +105,7 @@ class Sampler:
                 input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=self.max_new_tokens,
                 do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+                synced_gpus=synced_generation(model), **PLAIN_DECODING,
             )  # fmt: skip
         completion = sequences[:, prompt_ids.shape[1] :]
         # Keep tokens up to and including the first eos (pad may equal eos, so ids cannot tell).

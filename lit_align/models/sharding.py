@@ -1,0 +1,87 @@
+"""FSDP2 for `strategy=fsdp2`: `fully_shard` on each decoder layer, then on the whole model
+(and the wrap policy of `strategy=fsdp`, FSDP1).
+
+Lightning's ModelParallelStrategy leaves the parallelisation to the module's ``configure_model``
+(`AlignModule.configure_model` calls `shard`); this module holds the model-side half: which
+submodules are sharded units, how a sharded model generates, and how its full weights come back
+for export. Any transformers decoder works: its layer classes are named by the model's own
+``_no_split_modules`` (what transformers keeps on one device when it splits a model), so no
+per-architecture list is kept here.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp.wrap import CustomPolicy
+from torch.distributed.tensor import DTensor
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a transformers model (``LlamaDecoderLayer``, ``Qwen2DecoderLayer``
+    …): the submodules whose class is in the model's ``_no_split_modules``."""
+    names: set[str] = set()
+    for module in model.modules():
+        names |= set(getattr(module, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} names no decoder layer class in _no_split_modules; cannot shard it")
+    return layers
+
+
+def shard(model: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None = None) -> None:
+    """Shards ``model`` over ``mesh`` in place: each decoder layer is one FSDP unit (gathered for
+    its own forward and backward, then freed), the rest (embeddings, final norm, head) the root
+    unit. Layers go first because `fully_shard` on a parent skips parameters already sharded."""
+    policy = {"mp_policy": mp_policy} if mp_policy is not None else {}
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh, **policy)
+    fully_shard(model, mesh=mesh, **policy)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters are DTensors (sharded by FSDP2)."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def has_fsdp1(model: nn.Module) -> bool:
+    """Whether ``model`` holds modules wrapped by FSDP1 (`strategy=fsdp`)."""
+    return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+
+
+def synced_generation(model: nn.Module) -> bool:
+    """``generate``'s ``synced_gpus``: a sharded model's every forward is a collective, so a rank
+    whose sequences have all ended must keep stepping until every rank's have. transformers
+    detects this itself only for models it sharded."""
+    sharded = is_sharded(model) or has_fsdp1(model)
+    return sharded and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def full_state_dict(model: nn.Module, root: nn.Module | None = None, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The full (unsharded) weights of ``model`` on the CPU. A collective that every rank must
+    enter; rank 0 gets the tensors (the others may get an empty dict).
+
+    FSDP1 gathers only from its root wrapper: pass it as ``root`` with ``model``'s ``prefix`` in
+    it (``policy.``); FSDP2 gathers from ``model`` itself.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if root is None or not has_fsdp1(root):
+        return get_model_state_dict(model, options=options)
+    state = get_model_state_dict(root, options=options)
+    return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _is_decoder_layer(module: nn.Module, suffix: str) -> bool:
+    return type(module).__name__.endswith(suffix)
+
+
+def decoder_layer_policy(suffix: str = "DecoderLayer") -> CustomPolicy:
+    """For `strategy=fsdp` (FSDP1, which wraps the model before ``configure_model`` could name
+    its layers): wrap, or checkpoint, every module whose class name ends in ``suffix``, as
+    transformers names its decoder blocks (``LlamaDecoderLayer``, ``Qwen2DecoderLayer`` …)."""
+    return CustomPolicy(partial(_is_decoder_layer, suffix=suffix))

@@ -3,6 +3,7 @@ objective consumes, and held-out prompts with gold answers for evaluation by gen
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -134,7 +135,7 @@ class AlignDataModule(L.LightningDataModule):
             # pairs, say) by the objective itself.
             by_generation = self.eval_by_generation and "answer" in split.column_names
             encode = self._encode_prompt if by_generation else self._encode_train
-            self.splits[name] = split.map(encode, remove_columns=split.column_names)
+            self.splits[name] = map_rows(split, encode, remove_columns=split.column_names)
 
     def set_train_rows(self, rows: list[dict[str, Any]]) -> None:
         """Replaces the training split with ``rows`` in ``batch_format``'s schema (the online
@@ -149,7 +150,7 @@ class AlignDataModule(L.LightningDataModule):
                 raise ValueError("rollout rows come from online sampling (rollout=online), not from a dataset")
             train = raw
         else:
-            train = raw.map(self._encode_train, remove_columns=raw.column_names)
+            train = map_rows(raw, self._encode_train, remove_columns=raw.column_names)
         self.stats |= {
             "data/train_rows": len(train),
             "data/prompt_truncated": sum(train["prompt_truncated"]),
@@ -239,3 +240,14 @@ class AlignDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._held_out_loader("test")
+
+
+def map_rows(dataset: Dataset, function: Callable[..., Any], **kwargs: Any) -> Dataset:
+    """``dataset.map(function)`` without hashing ``function``.
+
+    Every dataset here is built in memory (``Dataset.from_list``), so there is no cache file a
+    fingerprint could find again; and hashing a bound method pickles the whole datamodule with
+    its tokenizer: about 6 s per run, most of a short run's time. A fresh random fingerprint is
+    what datasets itself falls back to when the hash fails.
+    """
+    return dataset.map(function, new_fingerprint=uuid.uuid4().hex, **kwargs)

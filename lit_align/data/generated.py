@@ -9,7 +9,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from lit_align.data.chat import chat_prompt
-from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.datamodule import AlignDataModule, map_rows
 
 
 class GeneratedTaskDataModule(AlignDataModule):
@@ -62,8 +62,8 @@ class GeneratedTaskDataModule(AlignDataModule):
 
     def prompt_set(self) -> Dataset:
         """The training problems as prompts with their ``answer`` and ``solution``."""
-        return self.problems()["train"].map(
-            lambda row: {"prompt": self._prompt(row)}, remove_columns=[self.prompt_field]
+        return map_rows(
+            self.problems()["train"], lambda row: {"prompt": self._prompt(row)}, remove_columns=[self.prompt_field]
         )
 
     def build_splits(self) -> DatasetDict:

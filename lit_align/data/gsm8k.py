@@ -16,6 +16,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.collate import encode_prompt_response
+from lit_align.data.datamodule import map_rows
 from lit_align.data.files import _FileDataModule
 from lit_align.data.rows import Row, bad_row, text_field
 
@@ -80,7 +81,8 @@ class Gsm8kDataModule(_FileDataModule):
         """The training questions as ``prompt`` rows with their final ``answer`` and the
         ``solution`` (for ``rollout.include_reference``)."""
         self.setup()
-        return self._raw_train.map(
+        return map_rows(
+            self._raw_train,
             lambda row: {"solution": row["response"], "answer": final_answer(row["response"])},
             remove_columns=["response"],
         )

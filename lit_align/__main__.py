@@ -22,9 +22,11 @@ CONF_DIR = next((p for p in (_HERE / "conf", _HERE.parent / "conf") if p.is_dir(
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Runs `train`; returns ``optimized_metric`` (a key of the summary's final metrics) for a
+    sweeper such as Optuna's, or None."""
     try:
-        train(cfg)
+        summary = train(cfg)
     except (ConfigError, MissingMandatoryValue, BadRow) as error:  # BadRow names the file and row
         sys.exit(f"lit_align: {error}")
     except Interrupted as stop:
@@ -39,6 +41,12 @@ def main(cfg: DictConfig) -> None:
         if isinstance(cause, ConfigError) or (isinstance(cause, ValueError) and _raised_by_lit_align(cause)):
             sys.exit(f"lit_align: {cause}")
         raise
+    metric = cfg.get("optimized_metric")
+    if metric is None:
+        return None
+    if metric not in summary["final"]:
+        sys.exit(f"lit_align: optimized_metric={metric} is not a final metric of this run: {sorted(summary['final'])}")
+    return summary["final"][metric]
 
 
 def _raised_by_lit_align(error: BaseException) -> bool:

@@ -45,6 +45,7 @@ _TYPES: dict[str, Any] = {
     "init.lr": float,
     "init.batch_size": int,
     "init.cache_dir": str,
+    "optimized_metric": str | None,
     "model.gradient_checkpointing": bool,
     "model.compile": bool,
 }

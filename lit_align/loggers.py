@@ -6,6 +6,7 @@ import csv
 import netrc
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -47,6 +48,18 @@ def has_wandb_credentials() -> bool:
         return False
 
 
+def _sweep() -> tuple[str | None, str | None]:
+    """In a Hydra multirun: the sweep directory's name (the runs' W&B group) and the job's
+    overrides (its run name); ``(None, None)`` otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None, None
+    hydra = HydraConfig.get()
+    return Path(hydra.sweep.dir).name, hydra.job.override_dirname or str(hydra.job.num)
+
+
 def wandb_logger(
     project: str,
     save_dir: str,
@@ -63,6 +76,7 @@ def wandb_logger(
     fails within ``init_timeout`` seconds (no network) falls back to offline; sync later with
     ``wandb sync <save_dir>/wandb/offline-run-*``.
     """
+    group, name = group or _sweep()[0], name or _sweep()[1]
     mode = os.environ.get("WANDB_MODE", mode) if mode == "auto" else mode
     if mode == "auto":
         mode = "online" if has_wandb_credentials() else "offline"

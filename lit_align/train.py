@@ -83,6 +83,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if online:  # online sampling: the training rows come from the policy, scored by the reward
         callbacks.append(instantiate(cfg.rollout, reward=instantiate(cfg.reward)))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_each(cfg.get("logger")), callbacks=callbacks)
+    for logger in trainer.loggers:  # the whole resolved config: W&B's run config, the CSV's hparams.yaml
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if objective.precompute_ref:
         # The starting policy is the reference: score every pair once, on the device it will
         # train on, and keep no second model.

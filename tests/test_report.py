@@ -1,0 +1,56 @@
+"""tools/report.py: runs grouped by what sets them apart, mean ± std over seeds, and the plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from report import load_runs, report
+
+
+def _run(root: Path, name: str, overrides: list[str], seed: int, start: float, val: float, test: float) -> None:
+    run_dir = root / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in [*overrides, f"seed={seed}"]))
+    summary = {"objective": "dpo", "seed": seed, "start": {"val/accuracy": start},
+               "final": {"val/accuracy": val, "test/accuracy": test}, "wall_time_s": 10.0 + seed}  # fmt: skip
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    with (run_dir / "metrics.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "train/loss", "val/accuracy"])
+        writer.writerows([[0, 2.0 - seed / 10, ""], [1, 1.0, ""], [1, "", val]])
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    for i, (experiment, lr) in enumerate([("sft", "3e-3"), ("dpo", "0.00051763404298")]):
+        for seed, (val, test) in enumerate([(0.5, 0.6), (0.7, 0.8), (0.6, 0.7)]):
+            _run(tmp_path, f"{i}{seed}", [f"experiment={experiment}", f"optimizer.lr={lr}", "data.digits=2"],
+                 seed, 0.4, val + i / 10, test)  # fmt: skip
+    _run(tmp_path, ".sft_cache/sft-abc", ["data.digits=2"], 0, 0.0, 0.0, 0.0)  # a cached stage: left out
+    return tmp_path
+
+
+def test_runs_are_labelled_by_what_sets_them_apart(sweep):
+    runs, common = load_runs(sweep)
+    assert common == ["data.digits=2"] and len(runs) == 6
+    assert {r.label for r in runs} == {"experiment=sft optimizer.lr=0.003", "experiment=dpo optimizer.lr=0.000518"}
+
+
+def test_table_is_mean_and_std_over_seeds_and_plots_are_written(sweep, tmp_path):
+    text = report(sweep, tmp_path / "out")
+    # val 0.5, 0.7, 0.6 (+0.1 for the second): mean 0.6, sample std 0.1; test 0.6, 0.8, 0.7.
+    assert text.splitlines()[2:] == [
+        "| `experiment=sft optimizer.lr=0.003` | 0,1,2 | 0.400 ± 0.000 | 0.600 ± 0.100 | 0.700 ± 0.100 | 11 |",
+        "| `experiment=dpo optimizer.lr=0.000518` | 0,1,2 | 0.400 ± 0.000 | 0.700 ± 0.100 | 0.700 ± 0.100 | 11 |",
+    ]
+    assert (tmp_path / "out/report.md").read_text().startswith("6 runs under ")
+    for name in ("accuracy.png", "curves.png"):
+        with Image.open(tmp_path / "out" / name) as image:
+            assert image.format == "PNG" and image.width > 600

@@ -156,7 +156,7 @@ def plot_curves(groups: dict[str, list[Run]], path: Path) -> None:
     for ax, metric in zip(axes, ("train/loss", "val/accuracy"), strict=True):
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(metric)
-    axes[0].set_yscale("log")
+    axes[0].set_title("train/loss (each objective's own loss: scales differ; RL losses can be < 0)", fontsize=9)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -102,8 +102,11 @@ def _check_combinations(cfg: DictConfig) -> None:
             f"{name} trains a language model, but model.policy.head=score builds a one-label score head: "
             "set model.policy.head=lm (score is for objective=rm)"
         )
+    best_of_n = None  # a callback that generates at test time, outside any step
     for key, node in (cfg.get("callbacks") or {}).items():
         callback = locate_target(node)
+        if inspect.isclass(callback) and issubclass(callback, BestOfN):
+            best_of_n = f"callbacks.{key} (best-of-N)"
         if scores and inspect.isclass(callback) and issubclass(callback, BestOfN):  # it would judge nothing, silently
             raise ConfigError(
                 f"callbacks.{key} samples completions at test time, but {name}'s score head cannot "
@@ -111,7 +114,8 @@ def _check_combinations(cfg: DictConfig) -> None:
             )
     if online:
         _check_online(cfg, rollout, name, batch_format, scores)
-    _check_strategy(cfg.get("trainer") or {}, online)
+    generates = "online sampling" if online else best_of_n
+    _check_strategy(cfg.get("trainer") or {}, generates, (rollout or {}).get("num_prompts") if online else None)
 
 
 def _check_online(cfg: DictConfig, rollout: DictConfig, name: str, batch_format: str | None, scores: bool) -> None:
@@ -142,11 +146,12 @@ def _check_online(cfg: DictConfig, rollout: DictConfig, name: str, batch_format:
             )
 
 
-def _check_strategy(trainer: DictConfig | dict[str, Any], online: bool) -> None:
+def _check_strategy(trainer: DictConfig | dict[str, Any], generates: str | None, num_prompts: int | None) -> None:
     """Lightning refuses FSDP without a CUDA accelerator, but only once the trainer is built.
     FSDP1 gathers its root unit (embeddings, head) only inside the wrapped module's forward,
-    which online sampling's generation (a callback, outside any step) is not."""
-    from lightning.pytorch.strategies import FSDPStrategy
+    which generation from a callback (``generates``: online sampling, best-of-N) is not. FSDP2's
+    mesh is ``trainer.devices`` wide, so that must be a number of processes on one node."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
     strategy = trainer.get("strategy", "auto")
     if isinstance(strategy, str):
@@ -163,11 +168,24 @@ def _check_strategy(trainer: DictConfig | dict[str, Any], online: bool) -> None:
             f"trainer.strategy={shown} is FSDP, which needs GPUs, but trainer.accelerator={accelerator}{found}: "
             "on CPU use strategy=fsdp2 (or strategy=ddp)"
         )
-    if fsdp and online:
+    if fsdp and generates:
         raise ConfigError(
-            f"trainer.strategy={shown} (FSDP1) cannot generate outside a training step, as online sampling "
+            f"trainer.strategy={shown} (FSDP1) cannot generate outside a training step, as {generates} "
             "does: use strategy=fsdp2"
         )
+    located = None if isinstance(strategy, str) else locate_target(strategy)
+    if inspect.isclass(located) and issubclass(located, ModelParallelStrategy):
+        devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+        if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1 or nodes != 1:
+            raise ConfigError(
+                f"strategy=fsdp2 shards over trainer.devices processes on one node: set trainer.devices to a "
+                f"number (got {devices!r}) and trainer.num_nodes=1 (got {nodes!r})"
+            )
+        if num_prompts is not None and num_prompts % devices:
+            raise ConfigError(
+                f"strategy=fsdp2 needs as many prompts on every rank: rollout.num_prompts={num_prompts} does not "
+                f"split over trainer.devices={devices}"
+            )
 
 
 def _missing(node: Any, prefix: str = "") -> list[str]:

@@ -48,6 +48,15 @@ def has_wandb_credentials() -> bool:
         return False
 
 
+def finish(loggers: Sequence[object]) -> None:
+    """Ends the W&B run this process started. Otherwise the next run in the process (a
+    multirun's next job, a pipeline's next stage) gets it back from ``wandb.init`` and logs into
+    it."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
+
+
 def _sweep() -> tuple[str | None, str | None]:
     """In a Hydra multirun: the sweep directory's name (the runs' W&B group) and the job's
     overrides (its run name); ``(None, None)`` otherwise."""
@@ -78,6 +87,7 @@ def wandb_logger(
     """
     group, name = group or _sweep()[0], name or _sweep()[1]
     mode = os.environ.get("WANDB_MODE", mode) if mode == "auto" else mode
+    mode = "offline" if mode == "dryrun" else mode  # wandb's old name, which it sets itself once a run ends
     if mode == "auto":
         mode = "online" if has_wandb_credentials() else "offline"
     if mode not in ("online", "offline", "disabled"):

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.nn import ModuleDict
@@ -73,7 +74,7 @@ class AlignModule(L.LightningModule):
         eval_metrics: dict[str, Callable[[str, str], tuple[float, float] | None]] | None = None,
         max_bad_steps: int = 3,
         gradient_checkpointing: bool = False,
-        compile: bool = False,
+        compile_layers: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -101,7 +102,7 @@ class AlignModule(L.LightningModule):
         self.train_seconds = 0.0
         self.validated_at_step = -1
         self.gradient_checkpointing = gradient_checkpointing
-        self.compile = compile
+        self.compile_layers = compile_layers
         self._configured = False
 
     def configure_model(self) -> None:
@@ -121,7 +122,7 @@ class AlignModule(L.LightningModule):
                 self.policy.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        if self.compile:
+        if self.compile_layers:
             # Each decoder layer, in place (parameter names unchanged): one graph reused by every
             # layer, dynamic in batch and length; generation's cached steps compile once more.
             for layer in decoder_layers(self.policy):
@@ -130,7 +131,9 @@ class AlignModule(L.LightningModule):
         if mesh is None:
             return
         if mesh["tensor_parallel"].size() > 1:
-            raise ValueError("strategy=fsdp2 shards over data parallelism only: set strategy.tensor_parallel_size=1")
+            raise ValueError(
+                "strategy=fsdp2 shards over data parallelism only: set trainer.strategy.tensor_parallel_size=1"
+            )
         mesh = mesh["data_parallel"]
         for model in (self.policy, self.reference, self.critic and self.critic.trunk):
             if model is not None:
@@ -371,7 +374,11 @@ class AlignModule(L.LightningModule):
 
     @property
     def _sharded(self) -> bool:
-        return self._device_mesh is not None
+        """Whether checkpoints are per-rank shards, which Lightning loads into the whole module
+        before `on_load_checkpoint` (FSDP2; FSDP1 with ``state_dict_type: sharded``)."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        fsdp1 = isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "sharded"
+        return self._device_mesh is not None or fsdp1
 
 
 def require_finite(module: torch.nn.Module, what: str) -> None:

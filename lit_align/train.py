@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_align.config import ConfigError, validate
+from lit_align.loggers import finish
 from lit_align.models.export import export_model
 from lit_align.module import AlignModule, sequence_logps
 
@@ -73,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         verifier=datamodule.verify,
         eval_metrics=datamodule.eval_metrics(),
         gradient_checkpointing=cfg.model.get("gradient_checkpointing", False),
-        compile=cfg.model.get("compile", False),
+        compile_layers=cfg.model.get("compile", False),
     )
     callbacks = _instantiate_each(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the configured bar
@@ -118,6 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, out_dir)
+    finish(trainer.loggers)
     return summary
 
 
@@ -154,7 +156,8 @@ def _sft_start(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.init.cache_dir).expanduser() / f"sft-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
     stage.paths.output_dir = str(out_dir)
     # An interrupted stage resumes from its own checkpoint (never from the run's ckpt_path).
-    stage.ckpt_path = "last" if (out_dir / "checkpoints" / "last.ckpt").is_file() else None
+    # An interrupted stage resumes (last.ckpt is a folder when the checkpoint is sharded).
+    stage.ckpt_path = "last" if (out_dir / "checkpoints" / "last.ckpt").exists() else None
     console = Console()
     if (out_dir / "summary.json").is_file() and (out_dir / "model").is_dir():
         console.print(f"init: reusing the SFT model in {out_dir} (same settings; delete it to retrain)")

@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from lit_align.models.forward import forward_logps
 from lit_align.models.lora import add_lora, is_lora
@@ -79,3 +79,11 @@ def test_lora_ppo_with_a_separate_critic(tmp_path):
     summary = train(make_cfg(tmp_path, "objective=ppo", "init=none", "objective.critic=separate", "model.lora.r=2",
                              "rollout.num_prompts=4", "rollout.num_samples=2", "trainer.max_steps=2"))  # fmt: skip
     assert summary["steps"] == 2 and summary["skipped_steps"] == 0
+
+
+def test_lora_reward_model_trains_its_new_head_in_full(tmp_path):
+    # A score head is new: PEFT trains it whole (SEQ_CLS), the trunk through adapters.
+    summary = train(make_cfg(tmp_path, "objective=rm", "init=none", "model.lora.r=2", "trainer.max_steps=2"))
+    assert summary["steps"] == 2 and summary["skipped_steps"] == 0
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert model.config.num_labels == 1 and not is_lora(model)

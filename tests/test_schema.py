@@ -92,6 +92,13 @@ REFUSED = [
     (["strategy=fsdp", "trainer.accelerator=gpu", "objective=rloo", "init=none"],
      "trainer.strategy=FSDPStrategy (FSDP1) cannot generate outside a training step, as online sampling does: "
      "use strategy=fsdp2"),
+    (["strategy=fsdp", "trainer.accelerator=gpu", "callbacks=best_of_n"],
+     "trainer.strategy=FSDPStrategy (FSDP1) cannot generate outside a training step, as callbacks.best_of_n "
+     "(best-of-N) does: use strategy=fsdp2"),
+    (["strategy=fsdp2", "trainer.devices=auto"],
+     "strategy=fsdp2 shards over trainer.devices processes on one node: set trainer.devices to a number (got 'auto')"),
+    (["strategy=fsdp2", "trainer.devices=2", "objective=rloo", "init=none", "rollout.num_prompts=5"],
+     "strategy=fsdp2 needs as many prompts on every rank: rollout.num_prompts=5 does not split over trainer.devices=2"),
 ]  # fmt: skip
 
 

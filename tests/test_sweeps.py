@@ -66,3 +66,9 @@ def test_a_sweeps_wandb_runs_share_a_group(tmp_path):
         assert logger._wandb_init["name"] == "objective=dpo,seed=1"
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_each_run_of_a_multirun_gets_its_own_wandb_run(tmp_path):
+    _multirun("seed=0,1", "logger=wandb", f"hydra.sweep.dir={tmp_path}")
+    runs = [sorted(p.name for p in (tmp_path / job / "wandb").glob("offline-run-*")) for job in ("0", "1")]
+    assert [len(r) for r in runs] == [1, 1] and runs[0] != runs[1]

@@ -1,7 +1,7 @@
 """LoRA through PEFT (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"):
 ``W x + (alpha / r) B A x`` with ``A`` ``(r, d_in)``, ``B`` ``(d_out, r)`` trained and ``W`` frozen.
 
-Two things follow for post-training. The reference model of DPO, AFT, RLOO and PPO is the
+Two things follow for post-training. The reference model of DPO, RLOO and PPO is the
 starting policy, which with LoRA is the policy with its adapters switched off (``B A`` removed),
 so no second copy of the weights is kept (`AlignModule` calls `reference_logps` here). And the
 exported model has the adapters merged into ``W`` (`merged`), so it loads with plain
@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 
 
 def add_lora(
@@ -33,9 +33,10 @@ def add_lora(
         raise ValueError(f"model.lora.r must be >= 0 (0 disables LoRA), got {r}")
     if r == 0:
         return model
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
-    )
+    # A score head (a reward model) is SEQ_CLS to PEFT: the new head trains in full (modules_to_save)
+    # instead of being adapted; a causal LM's output head is left out of all-linear either way.
+    task = "CAUSAL_LM" if isinstance(model, GenerationMixin) else "SEQ_CLS"
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task)
     with warnings.catch_warnings():  # PEFT still calls a transformers API deprecated in 5.x
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         return get_peft_model(model, config)

@@ -39,7 +39,7 @@ def shard(model: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | 
     its own forward and backward, then freed), the rest (embeddings, final norm, head) the root
     unit. Layers go first because `fully_shard` on a parent skips parameters already sharded."""
     policy = {"mp_policy": mp_policy} if mp_policy is not None else {}
-    for layer in decoder_layers(model):
+    for layer in reversed(decoder_layers(model)):  # innermost first, should layer classes nest
         fully_shard(layer, mesh=mesh, **policy)
     fully_shard(model, mesh=mesh, **policy)
 

@@ -154,10 +154,10 @@ def _check_strategy(trainer: DictConfig | dict[str, Any], generates: str | None,
     from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
     strategy = trainer.get("strategy", "auto")
+    located = None if isinstance(strategy, str) else locate_target(strategy)
     if isinstance(strategy, str):
         fsdp, shown = strategy in FSDPStrategy.get_registered_strategies(), strategy
     else:
-        located = locate_target(strategy)
         fsdp = inspect.isclass(located) and issubclass(located, FSDPStrategy)
         shown = getattr(located, "__name__", "")
     accelerator = trainer.get("accelerator", "auto")
@@ -173,7 +173,6 @@ def _check_strategy(trainer: DictConfig | dict[str, Any], generates: str | None,
             f"trainer.strategy={shown} (FSDP1) cannot generate outside a training step, as {generates} "
             "does: use strategy=fsdp2"
         )
-    located = None if isinstance(strategy, str) else locate_target(strategy)
     if inspect.isclass(located) and issubclass(located, ModelParallelStrategy):
         devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
         if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1 or nodes != 1:

@@ -7,9 +7,10 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from lit_align.rewards.base import score
-from lit_align.rewards.composite import CompositeReward, FormatReward
+from lit_align.rewards.composite import CompositeReward, FormatReward, StepReward
 from lit_align.rewards.math import MathReward
 from lit_align.rewards.model import ModelReward
+from lit_align.rollout.buffer import rows_from_samples
 
 
 @pytest.mark.parametrize(
@@ -73,6 +74,32 @@ def test_composite_weights_and_unscorable_parts():
     assert reward(["q"] * 4, completions, answer=["2", "2", "2", None]) == [1.2, 1.0, 0.2, None]
     with pytest.raises(ValueError, match="weights must name exactly"):
         CompositeReward({"math": MathReward()}, {"format": 1.0})
+
+
+def test_step_reward_is_the_share_of_equations_that_hold():
+    completions = [
+        "3+4=7\n7-2=5\n5*2=10\n#### 10",  # 3 of 3
+        "3+4=8\n8-2=6\n6*2=12\n#### 12",  # the first step slips, the rest follow from 8: 2 of 3
+        "3+4=8\n8-2=7\n7*2=15\n#### 15",  # 0 of 3
+        " 12 - 5 = 7 \nso 7\n#### 7",  # spaces are allowed; prose is not a step: 1 of 1
+        "#### 10",  # no step
+    ]
+    assert StepReward()(["q"] * 5, completions) == [1.0, 2 / 3, 0.0, 1.0, 0.0]
+
+
+def test_graded_reward_ranks_right_answers_then_fewer_wrong_steps():
+    """reward=graded as shipped: correct + 0.5 × steps; the AFT groups rank by it."""
+    reward = CompositeReward({"correct": MathReward(), "steps": StepReward()}, {"correct": 1.0, "steps": 0.5})
+    completions = [
+        "3+4=7\n7-2=5\n5*2=10\n#### 10",  # right, every step holds: 1.5
+        "3+4=8\n8-2=6\n6*2=12\n#### 12",  # wrong answer, 1 slip: 1/3
+        "3+4=8\n8-2=7\n7*2=15\n#### 15",  # wrong answer, 3 slips: 0.0
+        "3+4=7\n7-2=5\n5*3=15\n#### 15",  # wrong operand but every step holds: 0.5
+    ]
+    scores = reward(["q"] * 4, completions, answer=["10"] * 4)
+    assert scores == pytest.approx([1.5, 1 / 3, 0.0, 0.5])
+    (group,) = rows_from_samples("groups", ["q"], completions, scores, num_samples=4, threshold=1.0)
+    assert [(r["correct"], r["rank"]) for r in group["responses"]] == [(True, 0), (False, 2), (False, 3), (False, 1)]
 
 
 def test_model_reward_scores_encoded_prompt_plus_completion_in_batches(tokenizer, tmp_path):

@@ -1,4 +1,4 @@
-"""Weighted sums of rewards, and a format reward to combine with correctness."""
+"""Weighted sums of rewards, and format and step rewards to combine with correctness."""
 
 from __future__ import annotations
 
@@ -17,6 +17,33 @@ class FormatReward:
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float | None]:
         return [float(bool(self.pattern.search(c))) for c in completions]
+
+
+class StepReward:
+    """The fraction of a chain's equations that hold: a process reward for arithmetic chains.
+
+    Every line of the form ``a op b = c`` (integers, ``op`` one of ``+ - *``) is a step; the
+    reward is the share of steps whose result is right, each checked on its own operands (a
+    step computed correctly from an earlier wrong value counts as right, as in the built-in
+    task's corrupted chains). 0.0 for a completion with no step. With correctness it ranks
+    chains the way the AFT paper's ranking feedback needs (Wang et al. 2023): right
+    answers above wrong ones, and among them fewer wrong steps above more.
+    """
+
+    name = "steps"
+    pattern = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$", re.MULTILINE)
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float | None]:
+        scores: list[float | None] = []
+        for completion in completions:
+            steps = self.pattern.findall(completion)
+            right = sum(_apply(int(a), op, int(b)) == int(c) for a, op, b, c in steps)
+            scores.append(right / len(steps) if steps else 0.0)
+        return scores
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
 
 
 class CompositeReward:

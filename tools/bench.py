@@ -1,0 +1,259 @@
+"""Speed and memory of lit_align against TRL and a bare PyTorch loop, on the same machine.
+
+    python tools/bench.py                     # docs/bench/: results.md, results.json, bench.png, scaling.png
+    python tools/bench.py --quick             # a smoke run: tiny model, one round
+    pip install -e ".[bench]"                 # TRL, the other contender (skipped when missing)
+
+Each workload (SFT, DPO, RLOO: generation + scoring + update, generation alone) on each model
+runs in one worker process per contender (`tools/bench_{lit,trl,bare}.py`), all built from the
+same `Spec`: the same model weights, rows, batch, lengths and optimizer settings. The workers
+warm up, then take turns on the CPU (A B C A B C ...) for ``--rounds`` blocks of ``--block``
+steps, so drift hits all. Reported: the median step time, throughput, the worker's peak RSS, and
+the ratios to TRL and to the bare loop, all from this one run. Then step time against sequence
+length and batch size for SFT and DPO (lit_align and the bare loop), for how cost grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from importlib.util import find_spec
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TOOLS))
+from bench_setup import Spec, rows, tokenizer  # noqa: E402
+
+CONTENDERS = ("lit", "trl", "bare")
+NAMES = {"lit": "lit_align", "trl": "TRL", "bare": "bare PyTorch"}
+
+
+def main_table_specs(quick: bool) -> list[Spec]:
+    """The workloads of the main table. The small model gets smaller batches (CPU time)."""
+    specs = []
+    for model in ("tiny",) if quick else ("tiny", "small"):
+        batch = {"tiny": 16, "small": 8}[model]
+        specs += [
+            Spec("sft", model, batch_size=batch),
+            Spec("dpo", model, batch_size=batch // 2),
+            Spec("rloo", model, batch_size=batch // 2, max_new_tokens=48),
+            Spec("generate", model, batch_size=batch // 2, max_new_tokens=48),
+        ]
+    return specs
+
+
+def scaling_specs(quick: bool) -> list[tuple[str, Spec]]:
+    """(axis, spec): arithmetic steps (sequence length) and batch size, tiny model."""
+    steps, batches = ((2, 8), (4, 16)) if quick else ((2, 4, 8, 16), (4, 8, 16, 32))
+    out = []
+    for workload in ("sft", "dpo"):
+        base = 16 if workload == "sft" else 8
+        out += [("length", Spec(workload, "tiny", batch_size=base, steps=s)) for s in steps]
+        out += [("batch", Spec(workload, "tiny", batch_size=b if workload == "sft" else b // 2)) for b in batches]
+    return out
+
+
+class Worker:
+    """One contender's process: send it a block size, read back its step times."""
+
+    def __init__(self, contender: str, spec: Spec, log: Path) -> None:
+        self.contender, self.log = contender, log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(TOOLS / "bench_setup.py"), contender, json.dumps(asdict(spec))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=TOOLS,
+        )  # fmt: skip
+        self.times: list[float] = []
+        self.peak_rss_mb = 0.0
+
+    def ask(self, steps: int | None) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stop\n" if steps is None else f"{steps}\n")
+        self.proc.stdin.flush()
+
+    def read(self) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.contender} worker died; see {self.log.name}")
+        reply = json.loads(line)
+        self.times += reply["times"]
+        self.peak_rss_mb = reply["peak_rss_mb"]
+
+
+def measure(spec: Spec, contenders: list[str], rounds: int, block: int, logs: Path) -> dict[str, dict]:
+    """Median step time and peak RSS of each contender, timed in turns."""
+    name = f"{spec.workload}-{spec.model}-b{spec.batch_size}-s{spec.steps}"
+    workers = [Worker(c, spec, logs / f"{name}-{c}.log") for c in contenders]
+    try:
+        for w in workers:  # built and warmed up side by side; nothing is timed yet
+            w.read()
+        for _ in range(rounds):
+            for w in workers:  # one at a time: the others wait at their gate
+                w.ask(block)
+                w.read()
+    finally:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.ask(None)
+                w.proc.wait(timeout=60)
+    return {w.contender: {"median_s": statistics.median(w.times), "times": w.times,
+                          "peak_rss_mb": w.peak_rss_mb} for w in workers}  # fmt: skip
+
+
+def tokens_per_step(spec: Spec) -> float:
+    """Mean real (unpadded) tokens a step trains on: bos + prompt + response + eos per sequence."""
+    tok = tokenizer()
+    if spec.workload == "sft":
+        data = rows(spec, tok, "sft")
+        lengths = [len(tok(r["prompt"] + r["response"])["input_ids"]) + 2 for r in data]
+    else:
+        data = rows(spec, tok, "pairs")
+        lengths = [len(tok(r["prompt"] + r[k])["input_ids"]) + 2 for r in data for k in ("chosen", "rejected")]
+    return statistics.fmean(lengths) * spec.rows_per_step
+
+
+def throughput(result: dict, median_s: float) -> tuple[float, str]:
+    """Training tokens/s for SFT and DPO; samples/s for RLOO and generation."""
+    if result["tokens_per_step"]:
+        return result["tokens_per_step"] / median_s, "tokens/s"
+    spec = Spec(**result["spec"])
+    return spec.batch_size * spec.num_samples / median_s, "samples/s"
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| workload | model | contender | median step (ms) | throughput | peak RSS (MB) "
+        "| speed × TRL | step / bare | RSS / TRL |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        spec, by = Spec(**r["spec"]), r["contenders"]
+        for c, m in by.items():
+            value, unit = throughput(r, m["median_s"])
+            trl, bare = by.get("trl"), by.get("bare")
+            speed = f"{trl['median_s'] / m['median_s']:.2f}" if trl else ""
+            over = f"{m['median_s'] / bare['median_s']:.2f}" if bare else ""
+            rss = f"{m['peak_rss_mb'] / trl['peak_rss_mb']:.2f}" if trl else ""
+            lines.append(
+                f"| {spec.workload} | {spec.model} | {NAMES[c]} | {1000 * m['median_s']:.0f} | {value:,.0f} {unit} "
+                f"| {m['peak_rss_mb']:.0f} | {speed} | {over} | {rss} |"
+            )
+    return "\n".join(lines)
+
+
+def scaling_table(scaling: list[dict]) -> str:
+    lines = [
+        "| workload | varied | tokens per sequence | sequences per step | lit_align (ms) | bare (ms) "
+        "| lit_align / bare |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in scaling:
+        spec, by = Spec(**r["spec"]), r["contenders"]
+        lit, bare = by["lit"]["median_s"], by["bare"]["median_s"]
+        lines.append(
+            f"| {spec.workload} | {r['axis']} | {r['tokens_per_step'] / spec.rows_per_step:.0f} | {spec.rows_per_step} "
+            f"| {1000 * lit:.0f} | {1000 * bare:.0f} | {lit / bare:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], scaling: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    labels = [f"{r['spec']['workload']}\n{r['spec']['model']}" for r in results]
+    for i, c in enumerate(CONTENDERS):
+        # Step time relative to the bare loop: 1.0 is the floor, higher is slower.
+        heights = [r["contenders"][c]["median_s"] / r["contenders"]["bare"]["median_s"]
+                   if c in r["contenders"] else 0 for r in results]  # fmt: skip
+        ax.bar([x + (i - 1) * 0.27 for x in range(len(results))], heights, 0.27, label=NAMES[c])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(results)), labels)
+    ax.set_ylabel("median step time / bare loop's")
+    ax.set_title("Step time relative to a bare PyTorch loop (lower is faster)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "bench.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, axis, xlabel in zip(axes, ("length", "batch"), ("mean tokens per sequence", "sequences per step"),
+                                strict=True):  # fmt: skip
+        for workload in ("sft", "dpo"):
+            points = [r for r in scaling if r["axis"] == axis and r["spec"]["workload"] == workload]
+            rows_per = [Spec(**r["spec"]).rows_per_step for r in points]
+            xs = (
+                [r["tokens_per_step"] / n for r, n in zip(points, rows_per, strict=True)]
+                if axis == "length"
+                else rows_per
+            )
+            for c, style in (("lit", "-o"), ("bare", "--s")):
+                ys = [1000 * r["contenders"][c]["median_s"] for r in points if c in r["contenders"]]
+                if ys:
+                    ax.plot(xs, ys, style, label=f"{workload.upper()} {NAMES[c]}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("median step time (ms)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.legend()
+    axes[0].set_title("against sequence length (tiny model)")
+    axes[1].set_title("against batch size (tiny model)")
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("docs/bench"))
+    parser.add_argument("--quick", action="store_true", help="tiny model only, one round: a smoke run")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per contender")
+    parser.add_argument("--block", type=int, default=3, help="timed steps per turn")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the first turn")
+    parser.add_argument("--no-scaling", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds = 1
+    contenders = [c for c in CONTENDERS if c != "trl" or find_spec("trl") is not None]
+    if "trl" not in contenders:
+        print("TRL is not installed (pip install -e '.[bench]'): benchmarking without it", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = args.out / "logs"
+    logs.mkdir(exist_ok=True)
+    started = time.perf_counter()
+
+    def run(spec: Spec, who: list[str], rounds: int) -> dict:
+        spec = replace(spec, extra={**spec.extra, "warmup": args.warmup})
+        print(f"{spec.workload} · {spec.model} · batch {spec.batch_size} · steps {spec.steps}", file=sys.stderr)
+        by = measure(spec, who, rounds, args.block, logs)
+        tokens = tokens_per_step(spec) if spec.workload in ("sft", "dpo") else None
+        return {"spec": asdict(spec), "tokens_per_step": tokens, "contenders": by}
+
+    results = [run(spec, contenders, args.rounds) for spec in main_table_specs(args.quick)]
+    scaling = []
+    if not args.no_scaling:
+        for axis, spec in scaling_specs(args.quick):
+            scaling.append({"axis": axis, **run(spec, ["lit", "bare"], max(1, args.rounds - 1))})
+    wall = time.perf_counter() - started
+    (args.out / "results.json").write_text(
+        json.dumps({"results": results, "scaling": scaling, "wall_s": wall}, indent=1)
+    )
+    text = [f"# tools/bench.py: {len(results)} workloads, {wall:.0f} s", "", table(results)]
+    if scaling:
+        text += ["", "## Scaling (tiny model)", "", scaling_table(scaling)]
+    (args.out / "results.md").write_text("\n".join(text) + "\n")
+    plot(results, scaling, args.out)
+    print("\n".join(text))
+    print(f"wrote {args.out}/results.md, results.json, bench.png, scaling.png in {wall:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

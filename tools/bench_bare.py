@@ -1,0 +1,135 @@
+"""The bare PyTorch contender of `tools/bench.py`: the same math in the fewest operations.
+
+No framework: rows tokenised once, a seeded permutation, pad to the batch's longest, one
+forward (two for DPO and RLOO, with the reference), `cross_entropy` or a gather of the
+log-softmax, AdamW, gradient clipping. RLOO is on-policy with one update per rollout, so the
+sampling policy's log-probs are the training forward's, detached: no separate forward for them.
+It is the floor the frameworks are measured against, not a usable trainer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import torch
+import torch.nn.functional as F
+from bench_setup import Gate, Spec, build_model, datamodule, rows, tokenizer
+
+from lit_align.rewards.math import MathReward
+
+
+def encode(tok, prompt: str, response: str | None = None) -> tuple[list[int], int]:
+    """bos + prompt (+ response + eos), and the prompt's length: lit_align's layout."""
+    prompt_ids = [tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]]
+    if response is None:
+        return prompt_ids, len(prompt_ids)
+    return prompt_ids + tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], len(prompt_ids)
+
+
+def padded(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        at = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, at], mask[i, at] = torch.tensor(s), 1
+    return ids, mask
+
+
+def response_logps(model, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t log p(token t) over each row's response tokens: ``(batch,)``."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return (logps * loss_mask[:, 1:]).sum(-1)
+
+
+def batches(encoded: list, batch_size: int, seed: int):
+    """Batches of a fresh seeded permutation each epoch."""
+    for epoch in itertools.count():
+        order = list(range(len(encoded)))
+        random.Random(seed + epoch).shuffle(order)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield [encoded[j] for j in order[i : i + batch_size]]
+
+
+def run(spec: Spec, gate: Gate) -> None:
+    torch.manual_seed(spec.seed)
+    tok = tokenizer()
+    model = build_model(spec, tok)
+    if spec.workload == "generate":
+        return sample_forever(spec, gate, tok, model, train=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+
+    def update(loss: torch.Tensor) -> None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if spec.workload == "rloo":
+        return sample_forever(spec, gate, tok, model, train=True, update=update)
+    if spec.workload == "sft":
+        encoded = [encode(tok, r["prompt"], r["response"]) for r in rows(spec, tok, "sft")]
+        for batch in batches(encoded, spec.batch_size, spec.seed):
+            gate.step_begin()
+            ids, mask = padded([s for s, _ in batch], tok.pad_token_id)
+            labels = ids.masked_fill(mask == 0, -100)
+            for i, (_, prompt_len) in enumerate(batch):
+                labels[i, :prompt_len] = -100
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            update(F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100))
+    elif spec.workload == "dpo":
+        reference = build_model(spec, tok).eval().requires_grad_(False)
+        pairs = [
+            (encode(tok, r["prompt"], r["chosen"]), encode(tok, r["prompt"], r["rejected"]))
+            for r in rows(spec, tok, "pairs")
+        ]
+        for batch in batches(pairs, spec.batch_size, spec.seed):
+            gate.step_begin()
+            seqs = [c for c, _ in batch] + [r for _, r in batch]  # chosen and rejected in one forward
+            ids, mask = padded([s for s, _ in seqs], tok.pad_token_id)
+            loss_mask = mask.clone()
+            for i, (_, prompt_len) in enumerate(seqs):
+                loss_mask[i, :prompt_len] = 0
+            policy = response_logps(model, ids, mask, loss_mask)
+            with torch.no_grad():
+                ref = response_logps(reference, ids, mask, loss_mask)
+            margin = (policy - ref).view(2, -1)
+            update(-F.logsigmoid(spec.beta * (margin[0] - margin[1])).mean())
+    else:
+        raise ValueError(f"unknown workload {spec.workload!r}")
+
+
+def sample_forever(spec: Spec, gate: Gate, tok, model, train: bool, update=None) -> None:
+    """Generation alone, or RLOO: sample k per prompt, score, leave-one-out, one update."""
+    reference = build_model(spec, tok).eval().requires_grad_(False) if train else None
+    prompts = datamodule(spec, tok, "rollout").prompt_set().to_list()
+    encoded = [encode(tok, p["prompt"])[0] for p in prompts]
+    reward, k = MathReward(), spec.num_samples
+    for step in itertools.count():
+        at = [(step * spec.batch_size + i) % len(prompts) for i in range(spec.batch_size)]
+        gate.step_begin()
+        ids, mask = padded([encoded[i] for i in at for _ in range(k)], tok.pad_token_id, left=True)
+        with torch.no_grad():
+            sequences = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=spec.max_new_tokens, do_sample=True,
+                temperature=spec.temperature, top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )  # fmt: skip
+        completion = sequences[:, ids.shape[1] :]
+        is_eos = completion == tok.eos_token_id
+        keep = ((is_eos.long().cumsum(-1) - is_eos.long()) == 0).long()  # up to and with the first eos
+        texts = tok.batch_decode(completion * keep, skip_special_tokens=True)
+        if not train:
+            continue
+        scores = reward([], texts, answer=[prompts[i]["answer"] for i in at for _ in range(k)])
+        full_mask = torch.cat([mask, keep], 1)
+        loss_mask = torch.cat([torch.zeros_like(mask), keep], 1)
+        seq = torch.cat([ids, completion * keep], 1)
+        logps = response_logps(model, seq, full_mask, loss_mask)
+        with torch.no_grad():
+            kl = logps.detach() - response_logps(reference, seq, full_mask, loss_mask)  # k1, summed
+        rewards = (torch.tensor([s or 0.0 for s in scores]) - spec.kl_coef * kl).view(-1, k)
+        advantages = (rewards - (rewards.sum(1, keepdim=True) - rewards) / (k - 1)).flatten()
+        update(-(advantages * logps).mean())  # −A·Σ_t log π, mean over samples

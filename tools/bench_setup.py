@@ -1,0 +1,136 @@
+"""What every contender of `tools/bench.py` shares: the settings, the model, the data and the
+step gate through which the controller times and paces each contender's own training loop.
+
+A contender is a worker process that builds its model, data and loop from a `Spec`, then calls
+`Gate.step_begin()` at the start of every optimizer step (a Lightning callback for lit_align, a
+`TrainerCallback` for TRL, a plain call in the bare loop). The gate times each step from one
+begin to the next, so data loading, logging and callbacks are inside the step, and blocks
+between blocks of timed steps until the controller says go: contenders take turns on the CPU
+(A B C A B C ...) and machine drift hits them alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lit_align.data.arith import ArithDataModule
+from lit_align.models.tiny import char_tokenizer, tiny_llama
+
+# Llama sizes (the tiny default and a ~10M-parameter one): hidden, layers, heads, MLP width.
+MODELS = {
+    "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=384),
+    "small": dict(hidden_size=384, num_layers=6, num_heads=6, intermediate_size=1024),
+}
+
+
+@dataclass
+class Spec:
+    """One workload's settings; identical for every contender."""
+
+    workload: str  # sft | dpo | rloo | generate
+    model: str = "tiny"
+    batch_size: int = 16  # rows per step: SFT rows, DPO pairs, RLOO/generate prompts
+    num_samples: int = 4  # RLOO/generate: samples per prompt
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    steps: int = 3  # arithmetic steps per problem: sets the sequence length
+    max_length: int = 512  # tokens per sequence; above every row's length, so nothing is cut
+    num_train: int = 1024
+    lr: float = 1.0e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    beta: float = 0.1  # DPO's β
+    kl_coef: float = 0.05  # RLOO's β, k1 KL in the reward
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_per_step(self) -> int:
+        """Sequences a step trains on (a DPO pair is two; an RLOO step all its samples)."""
+        return self.batch_size * {"sft": 1, "dpo": 2}.get(self.workload, self.num_samples)
+
+
+def tokenizer():
+    return char_tokenizer()
+
+
+def build_model(spec: Spec, tok) -> torch.nn.Module:
+    """The same randomly initialised Llama for every contender (seeded)."""
+    torch.manual_seed(spec.seed)
+    return tiny_llama(tok, **MODELS[spec.model])
+
+
+def datamodule(spec: Spec, tok, batch_format: str) -> ArithDataModule:
+    """The built-in task at the spec's size; rows in ``batch_format``."""
+    dm = ArithDataModule(
+        tok, num_train=spec.num_train, num_val=8, num_test=8, steps=spec.steps, batch_size=spec.batch_size
+    )
+    dm.batch_format = batch_format
+    return dm
+
+
+def rows(spec: Spec, tok, batch_format: str) -> list[dict[str, Any]]:
+    """The training rows as text, exactly as lit_align's datamodule makes them."""
+    return datamodule(spec, tok, batch_format).build_splits()["train"].to_list()
+
+
+class Gate:
+    """Times each step from its begin to the next step's begin; paces blocks of steps."""
+
+    def __init__(self, warmup: int, commands=sys.stdin, replies=sys.stdout) -> None:
+        self.warmup, self.commands, self.replies = warmup, commands, replies
+        self.block = 0  # timed steps left in the current block
+        self.times: list[float] = []
+        self.started: float | None = None  # the begin of the step being timed
+
+    def step_begin(self) -> None:
+        now = time.perf_counter()
+        if self.started is not None:
+            self.times.append(now - self.started)
+            self.block -= 1
+        if self.warmup > 0:  # this step is a warm-up step: untimed
+            self.warmup -= 1
+            return
+        if self.block <= 0:  # the first reply (no times) says the worker is ready
+            self._reply()
+            self._wait()
+        self.started = time.perf_counter()
+
+    def _reply(self) -> None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"times": self.times, "peak_rss_mb": peak}), file=self.replies, flush=True)
+        self.times = []
+
+    def _wait(self) -> None:
+        line = self.commands.readline()
+        if not line or line.strip() == "stop":
+            os._exit(0)  # no teardown: the controller has what it needs
+        self.block = int(line)
+
+
+def worker_main() -> None:
+    """``python tools/bench_setup.py <contender> '<spec json>'``: run a contender under a gate.
+
+    The worker's stdout is the reply channel, so everything the contender prints goes to stderr.
+    """
+    contender, spec = sys.argv[1], Spec(**json.loads(sys.argv[2]))
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    gate = Gate(spec.extra.get("warmup", 2), replies=replies)
+    module = __import__(f"bench_{contender}")
+    module.run(spec, gate)
+    raise RuntimeError(f"{contender} stopped before the controller did (its loop ran out of steps)")
+
+
+if __name__ == "__main__":
+    worker_main()

@@ -183,7 +183,10 @@ class AlignModule(L.LightningModule):
         all, so that no rank steps alone)."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2 shards
-        bad = (~torch.stack([torch.isfinite(t).all() for t in (loss, *local)]).all()).float()
+        # One norm over all gradients is non-finite iff one of them holds an inf or a NaN: a
+        # single foreach kernel instead of an isfinite per parameter (~1.5% of a tiny model's step).
+        norm = torch.nn.utils.get_total_norm(local, error_if_nonfinite=False) if local else loss.new_zeros(())
+        bad = (~(torch.isfinite(loss) & torch.isfinite(norm))).float()
         if self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
         return bool(bad == 0)

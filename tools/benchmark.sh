@@ -2,9 +2,9 @@
 # The built-in benchmark: SFT (with best-of-8), DPO, AFT (binary and ranking), RLOO and PPO on
 # the built-in arithmetic task, seeds 0, 1, 2; then the table and plots.
 #   bash tools/benchmark.sh [out dir, default runs/benchmark]      (SEEDS="0 1" to run fewer)
-# One Hydra multirun per seed (the six presets in turn), all seeds at once, each on one thread:
-# the tiny model's ops are too small to keep two threads busy, so separate runs share the
-# cores better than one run with every thread. Every method but SFT starts from its seed's SFT
+# One Hydra multirun per seed (the six presets in turn), all seeds at once, each on one thread
+# (OMP_NUM_THREADS=1), so the seeds share the cores rather than each run its threads; a seed's
+# results do not depend on the machine's core count. Every method but SFT starts from its seed's SFT
 # model, trained once per seed into a fresh cache inside the output folder (so no stale start
 # from an older checkout is reused).
 set -euo pipefail

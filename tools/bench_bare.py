@@ -1,6 +1,6 @@
 """The bare PyTorch contender of `tools/bench.py`: the same math in the fewest operations.
 
-No framework: rows tokenised once, a seeded permutation, pad to the batch's longest, one
+No framework: rows tokenised once and taken in lit_align's first-epoch order, pad to the batch's longest, one
 forward (two for DPO and RLOO, with the reference), `cross_entropy` or a gather of the
 log-softmax, AdamW, gradient clipping. RLOO is on-policy with one update per rollout, so the
 sampling policy's log-probs are the training forward's, detached: no separate forward for them.
@@ -10,7 +10,6 @@ It is the floor the frameworks are measured against, not a usable trainer.
 from __future__ import annotations
 
 import itertools
-import random
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +43,11 @@ def response_logps(model, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torc
     return (logps * loss_mask[:, 1:]).sum(-1)
 
 
-def batches(encoded: list, batch_size: int, seed: int):
-    """Batches of a fresh seeded permutation each epoch."""
-    for epoch in itertools.count():
-        order = list(range(len(encoded)))
-        random.Random(seed + epoch).shuffle(order)
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield [encoded[j] for j in order[i : i + batch_size]]
+def batches(encoded: list, batch_size: int):
+    """Consecutive batches of the rows, in the order `rows` gives them, over and over."""
+    while True:
+        for i in range(0, len(encoded) - batch_size + 1, batch_size):
+            yield encoded[i : i + batch_size]
 
 
 def run(spec: Spec, gate: Gate) -> None:
@@ -59,7 +56,9 @@ def run(spec: Spec, gate: Gate) -> None:
     model = build_model(spec, tok)
     if spec.workload == "generate":
         return sample_forever(spec, gate, tok, model, train=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, fused=True
+    )  # fused, as lit_align and TRL default to
 
     def update(loss: torch.Tensor) -> None:
         loss.backward()
@@ -71,7 +70,7 @@ def run(spec: Spec, gate: Gate) -> None:
         return sample_forever(spec, gate, tok, model, train=True, update=update)
     if spec.workload == "sft":
         encoded = [encode(tok, r["prompt"], r["response"]) for r in rows(spec, tok, "sft")]
-        for batch in batches(encoded, spec.batch_size, spec.seed):
+        for batch in batches(encoded, spec.batch_size):
             gate.step_begin()
             ids, mask = padded([s for s, _ in batch], tok.pad_token_id)
             labels = ids.masked_fill(mask == 0, -100)
@@ -85,7 +84,7 @@ def run(spec: Spec, gate: Gate) -> None:
             (encode(tok, r["prompt"], r["chosen"]), encode(tok, r["prompt"], r["rejected"]))
             for r in rows(spec, tok, "pairs")
         ]
-        for batch in batches(pairs, spec.batch_size, spec.seed):
+        for batch in batches(pairs, spec.batch_size):
             gate.step_begin()
             seqs = [c for c, _ in batch] + [r for _, r in batch]  # chosen and rejected in one forward
             ids, mask = padded([s for s, _ in seqs], tok.pad_token_id)

@@ -79,8 +79,17 @@ def datamodule(spec: Spec, tok, batch_format: str) -> ArithDataModule:
 
 
 def rows(spec: Spec, tok, batch_format: str) -> list[dict[str, Any]]:
-    """The training rows as text, exactly as lit_align's datamodule makes them."""
-    return datamodule(spec, tok, batch_format).build_splits()["train"].to_list()
+    """The training rows as text, exactly as lit_align's datamodule makes them, in lit_align's
+    first-epoch order (`first_epoch_order`): every contender then trains on the same batches, so
+    their step times are not apart by how long each one's batches happened to be padded."""
+    data = datamodule(spec, tok, batch_format).build_splits()["train"].to_list()
+    return [data[i] for i in first_epoch_order(len(data), spec.seed)]
+
+
+def first_epoch_order(n: int, seed: int) -> list[int]:
+    """lit_align's training order for epoch 0 on one process (`DistributedSampler`'s: a
+    permutation from a generator seeded with ``seed + epoch``)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 class Gate:

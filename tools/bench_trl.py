@@ -85,6 +85,8 @@ def _common(spec: Spec, batch_size: int) -> dict[str, Any]:
         logging_steps=FOREVER,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # The rows come in lit_align's first-epoch order (bench_setup.rows): the same batches.
+        train_sampling_strategy="sequential",
     )
 
 

@@ -41,7 +41,8 @@ def overrides(spec: Spec, out_dir: str) -> list[str]:
         f"data.num_train={spec.num_train}", "data.num_val=8", "data.num_test=8", f"data.steps={spec.steps}",
         f"data.max_length={spec.max_length}", f"data.max_prompt_length={spec.max_length // 2}",
         f"optimizer.lr={spec.lr}", f"optimizer.betas=[{spec.betas[0]},{spec.betas[1]}]",
-        f"optimizer.weight_decay={spec.weight_decay}", f"grad_clip={spec.grad_clip}", "scheduler=null",
+        f"optimizer.weight_decay={spec.weight_decay}", "optimizer.fused=true",  # as TRL and the bare loop
+        f"grad_clip={spec.grad_clip}", "scheduler=null",
         "trainer.max_steps=1000000", "trainer.val_check_interval=1000000", "eval.before_train=false",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         "callbacks.model_checkpoint.every_n_train_steps=1000000",

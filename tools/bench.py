@@ -126,41 +126,45 @@ def throughput(result: dict, median_s: float) -> tuple[float, str]:
     return spec.batch_size * spec.num_samples / median_s, "samples/s"
 
 
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(cells) + " |" for cells in (header, *rows)]
+    return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
+
+
 def table(results: list[dict]) -> str:
-    lines = [
-        "| workload | model | contender | median step (ms) | throughput | peak RSS (MB) "
-        "| speed × TRL | step / bare | RSS / TRL |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    """One row per workload and contender, with the ratios to TRL and to the bare loop."""
+    header = ["workload", "model", "contender", "median step (ms)", "throughput", "peak RSS (MB)",
+              "speed × TRL", "step / bare", "RSS / TRL"]  # fmt: skip
+    rows = []
     for r in results:
         spec, by = Spec(**r["spec"]), r["contenders"]
+        trl, bare = by.get("trl"), by.get("bare")
         for c, m in by.items():
             value, unit = throughput(r, m["median_s"])
-            trl, bare = by.get("trl"), by.get("bare")
-            speed = f"{trl['median_s'] / m['median_s']:.2f}" if trl else ""
-            over = f"{m['median_s'] / bare['median_s']:.2f}" if bare else ""
-            rss = f"{m['peak_rss_mb'] / trl['peak_rss_mb']:.2f}" if trl else ""
-            lines.append(
-                f"| {spec.workload} | {spec.model} | {NAMES[c]} | {1000 * m['median_s']:.0f} | {value:,.0f} {unit} "
-                f"| {m['peak_rss_mb']:.0f} | {speed} | {over} | {rss} |"
-            )
-    return "\n".join(lines)
+            rows.append([
+                spec.workload, spec.model, NAMES[c], f"{1000 * m['median_s']:.0f}", f"{value:,.0f} {unit}",
+                f"{m['peak_rss_mb']:.0f}",
+                f"{trl['median_s'] / m['median_s']:.2f}" if trl else "",
+                f"{m['median_s'] / bare['median_s']:.2f}" if bare else "",
+                f"{m['peak_rss_mb'] / trl['peak_rss_mb']:.2f}" if trl else "",
+            ])  # fmt: skip
+    return markdown(header, rows)
 
 
 def scaling_table(scaling: list[dict]) -> str:
-    lines = [
-        "| workload | varied | tokens per sequence | sequences per step | lit_align (ms) | bare (ms) "
-        "| lit_align / bare |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """One row per scaling point: lit_align's step against the bare loop's."""
+    header = ["workload", "varied", "tokens per sequence", "sequences per step", "lit_align (ms)", "bare (ms)",
+              "lit_align / bare"]  # fmt: skip
+    rows = []
     for r in scaling:
         spec, by = Spec(**r["spec"]), r["contenders"]
         lit, bare = by["lit"]["median_s"], by["bare"]["median_s"]
-        lines.append(
-            f"| {spec.workload} | {r['axis']} | {r['tokens_per_step'] / spec.rows_per_step:.0f} | {spec.rows_per_step} "
-            f"| {1000 * lit:.0f} | {1000 * bare:.0f} | {lit / bare:.2f} |"
-        )
-    return "\n".join(lines)
+        rows.append([
+            spec.workload, r["axis"], f"{r['tokens_per_step'] / spec.rows_per_step:.0f}", str(spec.rows_per_step),
+            f"{1000 * lit:.0f}", f"{1000 * bare:.0f}", f"{lit / bare:.2f}",
+        ])  # fmt: skip
+    return markdown(header, rows)
 
 
 def plot(results: list[dict], scaling: list[dict], out: Path) -> None:

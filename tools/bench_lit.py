@@ -82,7 +82,8 @@ def generate(spec: Spec, gate: Gate) -> None:
     model = build_model(spec, tok)
     sampler = Sampler(spec.num_samples, spec.max_new_tokens, temperature=spec.temperature, seed=spec.seed)
     rows = datamodule(spec, tok, "rollout").prompt_set().to_list()
-    encoded = [{"prompt_ids": encode_prompt(tok, r["prompt"], 192)[0], "answer": r["answer"]} for r in rows]
+    keep = spec.max_length // 2  # the max_prompt_length the training workloads pass
+    encoded = [{"prompt_ids": encode_prompt(tok, r["prompt"], keep)[0], "answer": r["answer"]} for r in rows]
     for step in itertools.count():
         chunk = [encoded[(step * spec.batch_size + i) % len(encoded)] for i in range(spec.batch_size)]
         batch = collate_prompts(chunk, tok.pad_token_id)

@@ -20,8 +20,10 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_align.checkpointing import rng_states, set_rng_states
-from lit_align.models.forward import eval_mode, forward_logps, policy_forward
+from lit_align.data.batch import Responses
+from lit_align.models.forward import eval_mode
 from lit_align.models.lora import is_lora
+from lit_align.models.response_forward import check_shared_prefix, response_logps, response_scores
 from lit_align.models.sharding import decoder_layers, shard
 from lit_align.models.value import ValueHead
 from lit_align.objectives.base import Objective, ObjectiveOutput
@@ -29,7 +31,7 @@ from lit_align.objectives.reduce import masked_sum
 from lit_align.rewards.math import exact_match
 from lit_align.rollout.generate import generate_completions
 
-Batch = dict[str, Any]
+Batch = dict[str, Any]  # held-out prompts for generation
 
 
 class AlignModule(L.LightningModule):
@@ -59,6 +61,8 @@ class AlignModule(L.LightningModule):
             weight)`` or ``None`` (not judged); logged as ``val/<name>``, the weighted mean over
             the split (the instruction task's ``constraint_accuracy`` weighs each completion by
             its number of constraints).
+        shared_prefix: run each prompt once for all its responses (`lit_align.models.
+            response_forward`); false repeats it per response (the flat forward). Same numbers.
     """
 
     def __init__(
@@ -75,8 +79,11 @@ class AlignModule(L.LightningModule):
         max_bad_steps: int = 3,
         gradient_checkpointing: bool = False,
         compile_layers: bool = False,
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__()
+        if shared_prefix:
+            check_shared_prefix(policy)
         self.automatic_optimization = False
         # from_pretrained returns eval mode and Lightning keeps module modes as it finds them.
         self.policy = policy.train()
@@ -103,6 +110,7 @@ class AlignModule(L.LightningModule):
         self.validated_at_step = -1
         self.gradient_checkpointing = gradient_checkpointing
         self.compile_layers = compile_layers
+        self.shared_prefix = shared_prefix
         self._configured = False
 
     def configure_model(self) -> None:
@@ -145,12 +153,18 @@ class AlignModule(L.LightningModule):
 
     # -- training -----------------------------------------------------------------------------
 
-    def training_step(self, batch: list[Batch], batch_idx: int) -> None:
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Typed batches move their own tensors (Lightning's walk would also visit every field).
+        if isinstance(batch, list) and batch and isinstance(batch[0], Responses):
+            return [micro.to(device) for micro in batch]
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def training_step(self, batch: list[Responses], batch_idx: int) -> None:
         start = time.perf_counter()
         optimizer = self.optimizers()
         normalizer = self._across_ranks(sum(self.objective.normalizer(micro) for micro in batch))
         loss, metrics = self._over_micro_batches(batch, normalizer, backward=True)
-        rows = sum(len(micro["input_ids"]) for micro in batch)
+        rows = sum(micro.num_responses for micro in batch)
         if not self._finite(loss):
             self._skip_step(optimizer, rows)
             return
@@ -167,7 +181,7 @@ class AlignModule(L.LightningModule):
         if (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
 
-        tokens = sum(micro["num_tokens"] for micro in batch)
+        tokens = sum(micro.num_tokens for micro in batch)
         seconds = time.perf_counter() - start
         self.train_tokens += tokens
         self.train_seconds += seconds
@@ -207,7 +221,7 @@ class AlignModule(L.LightningModule):
             )
 
     def _over_micro_batches(
-        self, batch: list[Batch], normalizer: Tensor, backward: bool
+        self, batch: list[Responses], normalizer: Tensor, backward: bool
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The step loss (the sum of the micro-batch losses) and each metric's mean over the
         micro-batches; with ``backward``, gradients accumulate micro-batch by micro-batch."""
@@ -222,35 +236,35 @@ class AlignModule(L.LightningModule):
                 metrics[key].append(value)
         return loss, {key: torch.stack(values).mean() for key, values in metrics.items()}
 
-    def objective_step(self, micro: Batch, normalizer: Tensor) -> ObjectiveOutput:
-        """Runs the policy (and the reference, and the critic) over one micro-batch and applies
-        the objective."""
-        ids, mask = micro["input_ids"], micro["attention_mask"]
-        if self.objective.inputs == "scores":  # a reward model: one score per sequence
-            scores = self.policy(input_ids=ids, attention_mask=mask).logits[:, 0].float()
-            return self.objective(micro, scores, None, normalizer)
-        out = policy_forward(self.policy, ids, mask, entropy=self.objective.needs_entropy,
-                             hidden=self._critic_reads_policy, entropy_grad=self.objective.entropy_grad)  # fmt: skip
+    def objective_step(self, micro: Responses, normalizer: Tensor) -> ObjectiveOutput:
+        """Runs the policy (and the reference, and the critic) over one micro-batch's prompts
+        and responses and applies the objective."""
+        inputs, shared = micro.forward_inputs(), self.shared_prefix
+        if self.objective.inputs == "scores":  # a reward model: one score per response
+            return self.objective(micro, response_scores(self.policy, **inputs, shared=shared), None, normalizer)
+        out = response_logps(self.policy, **inputs, shared=shared, entropy=self.objective.needs_entropy,
+                             entropy_grad=self.objective.entropy_grad, hidden=self._critic_reads_policy)  # fmt: skip
         extras = {}
         if self.critic is not None:
-            extras["values"] = self.critic(ids, mask, out.hidden)
+            extras["values"] = self.critic(inputs, out.hidden, shared=shared)
         if self.objective.needs_entropy:
             extras["entropy"] = out.entropy
         ref_logps = None
-        if self.objective.needs_reference and "ref_logps" not in micro:  # rollout rows bring their own
-            ref_logps = self.reference_logps(ids, mask)
+        if self.objective.needs_reference and getattr(micro, "ref_logps", None) is None:  # else computed earlier
+            ref_logps = self.reference_logps(inputs)
         return self.objective(micro, out.logps, ref_logps, normalizer, **extras)
 
     @torch.no_grad()
-    def reference_logps(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """``(N, L - 1)`` per-token log-probs under the reference: the frozen copy, or a LoRA
-        policy with its adapters off (the starting weights exactly: LoRA trains only the adapters)."""
+    def reference_logps(self, inputs: dict[str, Tensor]) -> Tensor:
+        """``(R, T)`` log-probs of the response tokens under the reference: the frozen copy, or
+        a LoRA policy with its adapters off (the starting weights exactly: LoRA trains only the
+        adapters). ``inputs``: `Responses.forward_inputs`."""
         if self.reference is not None:
-            return forward_logps(self.reference, input_ids, attention_mask)
+            return response_logps(self.reference, **inputs, shared=self.shared_prefix).logps
         if not is_lora(self.policy):
             raise RuntimeError(f"{type(self.objective).__name__} has no reference model")
         with self.policy.disable_adapter(), eval_mode(self.policy):
-            return forward_logps(self.policy, input_ids, attention_mask)
+            return response_logps(self.policy, **inputs, shared=self.shared_prefix).logps
 
     @property
     def _critic_reads_policy(self) -> bool:
@@ -258,18 +272,17 @@ class AlignModule(L.LightningModule):
         return self.critic is not None and self.critic.trunk is None
 
     @torch.no_grad()
-    def score_rollout(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """For online sampling: the sampling policy's, the reference's and the critic's
-        ``(N, L - 1)`` per-token log-probs and values of sampled sequences, in eval mode (the
-        values are ``None`` without a critic; without a reference the policy's own log-probs
-        stand in for it)."""
+    def score_rollout(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """For online sampling: the sampling policy's, the reference's and the critic's ``(R,
+        T)`` log-probs and values of sampled responses, in eval mode (the values are ``None``
+        without a critic; without a reference the policy's own log-probs stand in for it)."""
         with eval_mode(self.policy):
-            out = policy_forward(self.policy, input_ids, attention_mask, hidden=self._critic_reads_policy)
+            out = response_logps(self.policy, **inputs, shared=self.shared_prefix, hidden=self._critic_reads_policy)
             values = None
             if self.critic is not None:
                 with eval_mode(self.critic):
-                    values = self.critic(input_ids, attention_mask, out.hidden)
-        ref_logps = self.reference_logps(input_ids, attention_mask) if self.objective.needs_reference else out.logps
+                    values = self.critic(inputs, out.hidden, shared=self.shared_prefix)
+        ref_logps = self.reference_logps(inputs) if self.objective.needs_reference else out.logps
         return out.logps, ref_logps, values
 
     def _across_ranks(self, count: Tensor) -> Tensor:
@@ -304,7 +317,7 @@ class AlignModule(L.LightningModule):
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def validation_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, list[str]] | None:
+    def validation_step(self, batch: Batch | list[Responses], batch_idx: int) -> dict[str, list[str]] | None:
         if isinstance(batch, list):
             return self._evaluate_objective(batch, "val")
         return self._evaluate(batch, "val")
@@ -312,12 +325,12 @@ class AlignModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.validated_at_step = self.trainer.global_step
 
-    def test_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, list[str]] | None:
+    def test_step(self, batch: Batch | list[Responses], batch_idx: int) -> dict[str, list[str]] | None:
         if isinstance(batch, list):
             return self._evaluate_objective(batch, "test")
         return self._evaluate(batch, "test")
 
-    def _evaluate_objective(self, batch: list[Batch], stage: str) -> None:
+    def _evaluate_objective(self, batch: list[Responses], stage: str) -> None:
         """The objective's loss and metrics on held-out training-format rows (e.g. pairs),
         logged as ``{stage}/loss``, ``{stage}/rewards/accuracies`` …"""
         normalizer = sum(self.objective.normalizer(micro) for micro in batch).float()
@@ -394,14 +407,14 @@ def require_finite(module: torch.nn.Module, what: str) -> None:
 
 
 @torch.no_grad()
-def sequence_logps(model: PreTrainedModel, batch: Batch) -> Tensor:
-    """``(rows,)`` summed log-probs of each row's response tokens, computed in eval mode on the
-    model's device and returned on the CPU."""
+def sequence_logps(model: PreTrainedModel, batch: Responses, shared: bool = True) -> Tensor:
+    """``(responses,)`` summed log-probs of each response's scored tokens, computed in eval mode
+    on the model's device and returned on the CPU."""
     device = next(model.parameters()).device
-    batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+    batch = batch.to(device)
     with eval_mode(model):
-        logps = forward_logps(model, batch["input_ids"], batch["attention_mask"])
-    return masked_sum(logps, batch["loss_mask"][:, 1:], dim=1).cpu()
+        logps = response_logps(model, **batch.forward_inputs(), shared=shared).logps
+    return masked_sum(logps, batch.loss_mask, dim=1).cpu()
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:

@@ -75,6 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         eval_metrics=datamodule.eval_metrics(),
         gradient_checkpointing=cfg.model.get("gradient_checkpointing", False),
         compile_layers=cfg.model.get("compile", False),
+        shared_prefix=cfg.model.get("shared_prefix", True),
     )
     callbacks = _instantiate_each(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the configured bar
@@ -90,7 +91,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # The starting policy is the reference: score every pair once, on the device it will
         # train on, and keep no second model.
         datamodule.setup("fit")
-        datamodule.add_reference_logps(partial(sequence_logps, policy.to(trainer.strategy.root_device)))
+        datamodule.add_reference_logps(
+            partial(sequence_logps, policy.to(trainer.strategy.root_device), shared=module.shared_prefix)
+        )
 
     start: dict[str, float] = {}
     if cfg.eval.before_train:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from tests.batches import group_batch
 from lit_align.objectives.aft import AFT, aft_alignment_loss, boundaries
 
 T = torch.tensor
@@ -66,12 +67,9 @@ def _groups_batch():
     """Two questions: q0 has a reference solution, a correct and two wrong chains (one and two
     wrong steps); q1 has only correct chains. Each row's log-probs are constant per token."""
     per_token = [-0.2, -0.5, -1.0, -2.0, -0.3, -0.4]
-    mask = T([[0, 1, 1, 1], [0, 1, 1, 0], [0, 1, 1, 1], [0, 1, 0, 0], [0, 1, 1, 1], [0, 1, 1, 1]])
-    batch = {
-        "input_ids": torch.zeros(6, 4, dtype=torch.long), "loss_mask": mask, "num_groups": 2,
-        "group": T([0, 0, 0, 0, 1, 1]), "reference": T([1, 0, 0, 0, 0, 0]),
-        "correct": T([1, 1, 0, 0, 1, 1]), "rank": T([0, 0, 1, 2, 0, 0]),
-    }  # fmt: skip
+    mask = [[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 1, 1]]
+    batch = group_batch(mask, [0, 0, 0, 0, 1, 1], reference=T([1, 0, 0, 0, 0, 0]), correct=T([1, 1, 0, 0, 1, 1]),
+                        rank=T([0, 0, 1, 2, 0, 0]))  # fmt: skip
     logps = T(per_token)[:, None].expand(6, 3).clone()
     return batch, logps
 
@@ -106,7 +104,7 @@ def test_aft_ranking_feedback_uses_ranks():
 
 def test_fully_masked_rows_give_zero_not_nan():
     batch, logps = _groups_batch()
-    batch["loss_mask"] = torch.zeros_like(batch["loss_mask"])
+    batch.loss_mask = torch.zeros_like(batch.loss_mask)
     logps.requires_grad_(True)
     out = AFT(beta=0.5)(batch, logps, None, T(2.0))
     assert torch.isfinite(out.loss)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from lit_align.data.batch import PairBatch
 from lit_align.objectives.dpo import DPO, dpo_losses
 
 T = torch.tensor
@@ -22,7 +23,8 @@ def test_dpo_losses_by_hand():
     args = T([-1.0, -2.0]), T([-3.0, -1.0]), T([-2.0, -2.0]), T([-2.0, -2.0])
     losses, chosen, rejected = dpo_losses(*args, beta=0.5)
     assert_close(losses, T([0.313262, 0.974077]), atol=1e-6, rtol=0)
-    assert_close(chosen, T([0.5, 0.0])) and assert_close(rejected, T([-0.5, 0.5]))
+    assert_close(chosen, T([0.5, 0.0]))
+    assert_close(rejected, T([-0.5, 0.5]))
     assert_close(dpo_losses(*args, beta=0.5, label_smoothing=0.1)[0][0], T(0.413262), atol=1e-6, rtol=0)
     assert_close(dpo_losses(*args, beta=0.5, loss_type="ipo")[0], T([1.0, 4.0]))
     assert_close(dpo_losses(*args, beta=0.5, loss_type="hinge")[0], T([0.0, 1.5]))
@@ -41,15 +43,21 @@ def test_gradient_pushes_chosen_up_and_rejected_down_and_skips_the_reference():
     losses, rc, rr = dpo_losses(chosen, rejected, ref_c.detach(), ref_r.detach(), beta=1.0)
     losses.sum().backward()
     # At h = 0: d/dπ_c −log σ(h) = −σ(−0) = −0.5, and +0.5 for π_r.
-    assert_close(chosen.grad, T([-0.5])) and assert_close(rejected.grad, T([0.5]))
+    assert_close(chosen.grad, T([-0.5]))
+    assert_close(rejected.grad, T([0.5]))
     assert ref_c.grad is None and not rc.requires_grad and not rr.requires_grad
 
 
 def _pair_batch(logps_rows, mask_rows, ref_logps=None):
-    batch = {"input_ids": torch.zeros(len(mask_rows), len(mask_rows[0]) + 1, dtype=torch.long),
-             "loss_mask": torch.tensor([[0, *m] for m in mask_rows])}  # fmt: skip
-    if ref_logps is not None:
-        batch["ref_logps"] = T(ref_logps)
+    """One pair per two rows (chosen, rejected), ``ref_logps`` flat (c0, r0, c1, r1 …)."""
+    rows, width = len(mask_rows), len(mask_rows[0])
+    pairs = torch.arange(rows // 2)
+    batch = PairBatch(
+        prompt_ids=torch.ones(rows // 2, 1, dtype=torch.long), prompt_mask=torch.ones(rows // 2, 1, dtype=torch.long),
+        response_ids=torch.zeros(rows, width, dtype=torch.long), response_mask=torch.tensor(mask_rows),
+        loss_mask=torch.tensor(mask_rows), prompt_index=torch.arange(rows) // 2, chosen=2 * pairs, rejected=2 * pairs + 1,
+        ref_logps=None if ref_logps is None else T(ref_logps).view(-1, 2),
+    )  # fmt: skip
     return batch, T(logps_rows)
 
 
@@ -64,7 +72,8 @@ def test_dpo_objective_sums_response_tokens_and_averages_pairs():
     assert_close(out.loss, T(0.313262), atol=1e-6, rtol=0)
     assert out.metrics["rewards/accuracies"].item() == 1.0
     assert_close(out.metrics["rewards/margins"], T(1.0))
-    assert_close(out.metrics["logps/chosen"], T(-1.0)) and assert_close(out.metrics["logps/rejected"], T(-3.0))
+    assert_close(out.metrics["logps/chosen"], T(-1.0))
+    assert_close(out.metrics["logps/rejected"], T(-3.0))
     # A step of 4 pairs: this micro-batch carries a quarter of the mean.
     assert_close(objective(batch, logps, None, T(4.0)).loss, T(0.313262 / 4), atol=1e-6, rtol=0)
 

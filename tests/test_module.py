@@ -11,7 +11,8 @@ import torch
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
-from lit_align.data.collate import StepCollator, collate_sft, encode_prompt_response
+from lit_align.data.collate import StepCollator, encode_prompt_response
+from lit_align.data.formats import FORMATS
 from lit_align.models.forward import forward_logps
 from lit_align.module import AlignModule
 from lit_align.objectives.base import ObjectiveOutput
@@ -25,7 +26,7 @@ def _rows(tokenizer, n=8):
 
 
 def _fit_one_step(module, rows, micro_batch_size, steps=1):
-    collate = StepCollator(partial(collate_sft, pad_id=0), micro_batch_size)
+    collate = StepCollator(partial(FORMATS["sft"].collate, pad_id=0), micro_batch_size)
     loader = DataLoader(rows, batch_size=len(rows), collate_fn=collate)
     trainer = L.Trainer(
         max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -60,11 +61,13 @@ def test_reported_loss_is_the_token_mean_of_the_step(tokenizer, tiny_model):
     rows = _rows(tokenizer)
     module = AlignModule(copy.deepcopy(tiny_model), SFT(), tokenizer, optimizer=partial(torch.optim.SGD, lr=0.0))
     trainer = _fit_one_step(module, rows, micro_batch_size=3)
-    batch = collate_sft(rows, pad_id=0)
+    # The flat forward over whole right-padded sequences, independent of the module's own.
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(r["input_ids"]) for r in rows], batch_first=True)
+    attention = (torch.arange(ids.shape[1])[None] < torch.tensor([len(r["input_ids"]) for r in rows])[:, None]).long()
+    mask = attention * (torch.arange(ids.shape[1])[None] >= torch.tensor([r["prompt_len"] for r in rows])[:, None])
     with torch.no_grad():
-        logps = forward_logps(tiny_model, batch["input_ids"], batch["attention_mask"])
-    mask = batch["loss_mask"][:, 1:]
-    assert_close(trainer.callback_metrics["train/loss"], -masked_sum(logps, mask) / mask.sum())
+        logps = forward_logps(tiny_model, ids, attention)
+    assert_close(trainer.callback_metrics["train/loss"], -masked_sum(logps, mask[:, 1:]) / mask[:, 1:].sum())
 
 
 class NeedsReference(SFT):
@@ -74,8 +77,7 @@ class NeedsReference(SFT):
 
     def forward(self, batch, logps, ref_logps, normalizer):
         assert ref_logps is not None and not ref_logps.requires_grad
-        mask = batch["loss_mask"][:, 1:]
-        return ObjectiveOutput(normalize(masked_sum((logps - ref_logps) ** 2 - logps, mask), normalizer), {})
+        return ObjectiveOutput(normalize(masked_sum((logps - ref_logps) ** 2 - logps, batch.loss_mask), normalizer), {})
 
 
 def test_policy_trains_in_train_mode_even_if_loaded_in_eval_mode(tokenizer, tiny_model):

@@ -1,6 +1,7 @@
 import torch
 from torch.testing import assert_close
 
+from tests.batches import sft_batch
 from lit_align.objectives.logps import shifted_logps, token_logps
 from lit_align.objectives.reduce import masked_mean, masked_sum, normalize
 from lit_align.objectives.sft import SFT, sft_loss
@@ -62,8 +63,8 @@ def test_micro_batch_losses_add_up_to_the_step_loss():
     assert_close(normalize(torch.tensor(0.0), 0), torch.tensor(0.0))
 
 
-def test_sft_objective_normalizer_counts_shifted_response_tokens():
-    batch = {"loss_mask": torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])}
+def test_sft_objective_normalizer_counts_response_tokens():
+    batch = sft_batch([[1, 1, 0], [1, 1, 1]])
     objective = SFT()
     assert objective.normalizer(batch).item() == 5
     assert not objective.needs_reference

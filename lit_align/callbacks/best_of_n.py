@@ -79,10 +79,10 @@ class BestOfN(L.Callback):
     def _judge(self, pl_module: Any, verify: Callable, batch: dict[str, Any], greedy: list[str]) -> Counter[str]:
         tokenizer, answers = pl_module.tokenizer, batch["answer"]
         rollout = self.sampler(pl_module.policy, tokenizer, batch["prompt_ids"], batch["prompt_mask"],
-                               with_logps=self.scorer == "policy")  # fmt: skip
+                               with_logps=self.scorer == "policy", shared_prefix=pl_module.shared_prefix)  # fmt: skip
         texts = rollout.completions
         if rollout.logps is not None:  # scorer "policy": mean log-prob per completion token
-            lengths = rollout.response_mask[:, 1:].sum(-1).clamp(min=1)
+            lengths = rollout.completion_mask.sum(-1).clamp(min=1)
             ranking = (rollout.logps.sum(-1) / lengths).tolist()
         elif self.scorer is not None:
             prompts = tokenizer.batch_decode(batch["prompt_ids"].repeat_interleave(self.n, 0), skip_special_tokens=True)

@@ -100,6 +100,7 @@ class OnlineSampling(L.Callback):
         self.refreshes = 0  # checkpointed with the cursor, so a resumed run samples new prompts
         self.cursor = 0
         self.rows: list[dict[str, Any]] | None = None  # the current buffer
+        self.in_step = False  # each rollout trained on in one on-policy step (set in setup)
         self._prompts: Dataset | None = None
         self._datamodule: Any = None
 
@@ -123,6 +124,22 @@ class OnlineSampling(L.Callback):
         if self.every_n_epochs:
             # The buffer changes at epoch ends; Lightning must ask for a new loader to see it.
             trainer.reload_dataloaders_every_n_epochs = self.every_n_epochs
+        self.in_step = self._trained_in_one_step(pl_module.objective, trainer.datamodule)
+
+    def _trained_in_one_step(self, objective: Any, datamodule: Any) -> bool:
+        """Whether each rollout is trained on in exactly one optimizer step by the policy that
+        sampled it (one update epoch, the whole rollout one batch), with advantages the step
+        can compute (``in_step_advantages``) and no adaptive KL (which needs the rollout's KL
+        before training). Then the step's forward gives the sampling policy's log-probs and the
+        reference's, and no separate scoring forward runs here."""
+        if datamodule.batch_format != "rollout" or not getattr(objective, "in_step_advantages", False):
+            return False
+        if self.every_n_epochs != 1 or objective.kl.controller != "fixed":
+            return False
+        if self.num_prompts is None:
+            self._prompts = self._prompts if self._prompts is not None else datamodule.prompt_set()
+        prompts = self.num_prompts if self.num_prompts is not None else len(self._prompts)
+        return prompts <= datamodule.batch_size
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.ckpt_path is not None and self.rows is not None:
@@ -177,7 +194,7 @@ class OnlineSampling(L.Callback):
             # After the gather, so advantages (and PPO's whitening) see the whole rollout, and
             # every rank builds the same rows from the same samples.
             rows, kl = experience_rows(pl_module.objective, samples["experience"], samples["rewards"],
-                                       self.sampler.num_samples, samples["truncated"])  # fmt: skip
+                                       self.sampler.num_samples)  # fmt: skip
         else:
             rows = rows_from_samples(datamodule.batch_format, samples["prompts"], samples["completions"],
                                      samples["rewards"], self.sampler.num_samples, self.threshold,
@@ -196,8 +213,8 @@ class OnlineSampling(L.Callback):
         self.refreshes += 1
         k = self.sampler.num_samples
         metrics = rollout_metrics(samples["rewards"], samples["lengths"], samples["truncated"], self.threshold, k)
-        if datamodule.batch_format == "rollout":
-            mean_kl = sum(kl) / max(len(kl), 1)
+        if datamodule.batch_format == "rollout" and kl:  # no KL yet when the step scores the rollout itself
+            mean_kl = sum(kl) / len(kl)
             metrics |= {"rollout/kl": mean_kl, "rollout/kl_coef": float(pl_module.objective.kl_coef)}
             pl_module.objective.update_kl_coef(mean_kl, len(kl))  # the same on every rank
         metrics |= {"rollout/buffer_rows": float(len(rows)), "rollout/seconds": time.perf_counter() - started}
@@ -233,11 +250,11 @@ class OnlineSampling(L.Callback):
             rollout = self.sampler(policy, tokenizer, prompt_ids.to(pl_module.device), prompt_mask.to(pl_module.device),
                                    seed=seed, with_logps=False)  # fmt: skip
             if rl:  # the tokens as sampled, with the policy's, reference's (and critic's) outputs
-                scored = pl_module.score_rollout(rollout.input_ids, rollout.attention_mask)
-                out["experience"] += split_rollout(rollout, *scored)
+                scored = None if self.in_step else pl_module.score_rollout(rollout.forward_inputs())
+                out["experience"] += split_rollout(rollout, scored)
             out["prompts"] += texts
             out["completions"] += rollout.completions
-            out["lengths"] += rollout.response_mask.sum(-1).tolist()
+            out["lengths"] += rollout.completion_mask.sum(-1).tolist()
             out["truncated"] += rollout.truncated.tolist()
         columns = {
             name: [v for v in prompts[name] for _ in range(k)] for name in prompts.column_names if name != "prompt"

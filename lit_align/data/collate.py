@@ -1,7 +1,7 @@
-"""Tokenising prompt/response rows and padding them into batches.
+"""Tokenising prompt/response rows, and padding.
 
-Training batches are right-padded (positions count from each sequence's first token); prompt
-batches for generation are left-padded so every prompt ends where generation begins.
+Prompts are left-padded so every prompt ends where its responses (or generation) begin;
+responses are right-padded. Training rows become typed batches in `lit_align.data.formats`.
 """
 
 from __future__ import annotations
@@ -61,16 +61,6 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> 
     return ids, mask
 
 
-def collate_sft(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` (1 on response tokens,
-    or on the tokens a conversation row's own ``loss_mask`` marks: every assistant turn), each
-    ``(batch, longest)``, plus ``num_tokens``, the count of non-pad tokens."""
-    batch = _response_batch([r["input_ids"] for r in rows], [r["prompt_len"] for r in rows], pad_id)
-    if rows and "loss_mask" in rows[0]:
-        batch["loss_mask"] = pad([r["loss_mask"] for r in rows], 0)[0]
-    return batch
-
-
 def encode_pair(
     tokenizer: PreTrainedTokenizerBase, prompt: str, chosen: str, rejected: str, max_prompt_length: int, max_length: int
 ) -> dict[str, Any]:
@@ -104,59 +94,6 @@ def encode_group(
     }
 
 
-def _response_batch(sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int) -> dict[str, Any]:
-    input_ids, attention_mask = pad(sequences, pad_id)
-    positions = torch.arange(input_ids.shape[1])
-    loss_mask = (positions[None, :] >= torch.tensor(prompt_lens)[:, None]).long() * attention_mask
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "loss_mask": loss_mask,
-        "num_tokens": int(attention_mask.sum()),
-    }
-
-
-def collate_pairs(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """``2P`` right-padded sequences, the ``P`` chosen then the ``P`` rejected, so one forward
-    scores both sides; with ``ref_logps`` ``(2P,)`` in the same order when the rows carry them."""
-    sequences = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
-    batch = _response_batch(sequences, [r["prompt_len"] for r in rows] * 2, pad_id)
-    if rows and "ref_logps" in rows[0]:
-        batch["ref_logps"] = torch.tensor([r["ref_logps"][0] for r in rows] + [r["ref_logps"][1] for r in rows])
-    return batch
-
-
-def collate_groups(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Every chain of every question as one padded batch, with per-row ``group`` (question
-    index in this batch), ``correct``, ``rank`` and ``reference``, each ``(rows,)``."""
-    sequences = [seq for r in rows for seq in r["sequences"]]
-    batch = _response_batch(sequences, [r["prompt_len"] for r in rows for _ in r["sequences"]], pad_id)
-    batch["group"] = torch.tensor([g for g, r in enumerate(rows) for _ in r["sequences"]], dtype=torch.long)
-    for key in ("correct", "rank", "reference"):
-        batch[key] = torch.tensor([v for r in rows for v in r[key]], dtype=torch.long)
-    batch["num_groups"] = len(rows)
-    return batch
-
-
-ROLLOUT_TENSORS = ("old_logps", "ref_logps", "advantages", "returns", "old_values")
-
-
-def collate_rollout(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Rollout rows (see `lit_align.rollout.experience`) as right-padded ``input_ids``,
-    ``attention_mask`` and ``loss_mask``, with each per-response-token list the rows carry
-    (``old_logps``, ``ref_logps``, ``advantages``, ``returns``, ``old_values``) placed in a
-    ``(batch, seq - 1)`` float tensor aligned with the forward's log-probs, 0 elsewhere."""
-    batch = _response_batch([r["input_ids"] for r in rows], [r["prompt_len"] for r in rows], pad_id)
-    width = batch["input_ids"].shape[1] - 1
-    for key in (k for k in ROLLOUT_TENSORS if k in rows[0]):
-        values = torch.zeros(len(rows), width)
-        for i, row in enumerate(rows):
-            start = row["prompt_len"] - 1  # the log-prob of token p sits at index p − 1
-            values[i, start : start + len(row[key])] = torch.tensor(row[key], dtype=torch.float32)
-        batch[key] = values
-    return batch
-
-
 def collate_prompts(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Left-padded ``prompt_ids`` and ``prompt_mask`` ``(batch, longest)`` for generation,
     with the rows' ``answer`` strings alongside."""
@@ -165,7 +102,8 @@ def collate_prompts(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, An
 
 
 class StepCollator:
-    """Collates one optimizer step's rows into a list of micro-batches of ``micro_batch_size``.
+    """Collates one optimizer step's rows (prompts with their responses) into a list of
+    micro-batches of ``micro_batch_size`` rows.
 
     Each micro-batch is padded on its own, so short rows are not padded to the step's longest.
     """

@@ -14,18 +14,8 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lit_align.data.collate import (
-    StepCollator,
-    collate_groups,
-    collate_pairs,
-    collate_prompts,
-    collate_rollout,
-    collate_sft,
-    encode_group,
-    encode_pair,
-    encode_prompt,
-    encode_prompt_response,
-)  # fmt: skip
+from lit_align.data.collate import StepCollator, collate_prompts, encode_prompt
+from lit_align.data.formats import FORMATS
 from lit_align.data.loader import ResumableLoader
 from lit_align.rewards.math import exact_match
 
@@ -33,10 +23,10 @@ from lit_align.rewards.math import exact_match
 #   sft:    prompt, response
 #   pairs:  prompt, chosen, rejected
 #   groups: prompt, responses = [{text, correct, rank, reference}, ...]
-#   rollout: already tokenised samples with per-token tensors (`lit_align.rollout.experience`);
-#            made only by online sampling
-BATCH_FORMATS = ("sft", "pairs", "groups", "rollout")
-_COLLATE = {"sft": collate_sft, "pairs": collate_pairs, "groups": collate_groups, "rollout": collate_rollout}
+#   rollout: a prompt with its samples as tensors (`lit_align.rollout.experience`), made only
+#            by online sampling
+# Each is encoded and collated by its `lit_align.data.formats.RowFormat`.
+BATCH_FORMATS = tuple(FORMATS)
 
 
 class AlignDataModule(L.LightningDataModule):
@@ -139,18 +129,22 @@ class AlignDataModule(L.LightningDataModule):
 
     def set_train_rows(self, rows: list[dict[str, Any]]) -> None:
         """Replaces the training split with ``rows`` in ``batch_format``'s schema (the online
-        sampling buffer); the next `train_dataloader` serves them."""
+        sampling buffer); the next `train_dataloader` serves them. Rollout rows are tensors
+        already and are served as they are (no Arrow round trip)."""
         self.setup()
+        assert self.splits is not None
+        if self.batch_format == "rollout":
+            self.stats |= {"data/train_rows": len(rows), "data/prompt_truncated": 0,
+                           "data/response_truncated": sum(int(r["truncated"].sum()) for r in rows)}  # fmt: skip
+            self.splits["train"] = rows
+            return
         self._set_train(Dataset.from_list(rows))
 
     def _set_train(self, raw: Dataset) -> None:
         assert self.splits is not None
-        if self.batch_format == "rollout":  # sampled rows arrive tokenised
-            if "input_ids" not in raw.column_names:
-                raise ValueError("rollout rows come from online sampling (rollout=online), not from a dataset")
-            train = raw
-        else:
-            train = map_rows(raw, self._encode_train, remove_columns=raw.column_names)
+        if self.batch_format == "rollout":
+            raise ValueError("rollout rows come from online sampling (rollout=online), not from a dataset")
+        train = map_rows(raw, self._encode_train, remove_columns=raw.column_names)
         self.stats |= {
             "data/train_rows": len(train),
             "data/prompt_truncated": sum(train["prompt_truncated"]),
@@ -166,12 +160,7 @@ class AlignDataModule(L.LightningDataModule):
         return self.splits["train"]
 
     def _encode_train(self, row: dict[str, Any]) -> dict[str, Any]:
-        lengths = (self.max_prompt_length, self.max_length)
-        if self.batch_format == "sft":
-            return encode_prompt_response(self.tokenizer, row["prompt"], row["response"], *lengths)
-        if self.batch_format == "pairs":
-            return encode_pair(self.tokenizer, row["prompt"], row["chosen"], row["rejected"], *lengths)
-        return encode_group(self.tokenizer, row["prompt"], row["responses"], *lengths)
+        return FORMATS[self.batch_format].encode(self.tokenizer, row, self.max_prompt_length, self.max_length)
 
     def _encode_prompt(self, row: dict[str, Any]) -> dict[str, Any]:
         ids = encode_prompt(self.tokenizer, row["prompt"], self.max_prompt_length)[0]
@@ -180,22 +169,22 @@ class AlignDataModule(L.LightningDataModule):
     def add_reference_logps(self, score: Callable[[dict[str, Any]], torch.Tensor]) -> None:
         """Stores ``score(batch)`` of every training pair as a ``ref_logps`` column.
 
-        ``score`` maps a collated pair batch to ``(2P,)`` sequence log-probs (chosen, then
-        rejected); it runs once here, so training keeps no reference model.
+        ``score`` maps a `PairBatch` to each response's sequence log-prob ``(responses,)``; it
+        runs once here, so training keeps no reference model.
         """
         assert self.batch_format == "pairs", "reference log-probs are for pairs"
         self.train_split()
         assert self.splits is not None
-        collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
+        pairs = FORMATS["pairs"]
         for name, split in self.splits.items():
             if "chosen_ids" not in split.column_names:
                 continue  # prompts scored by generation need no reference
             values: list[list[float]] = []
             for start in range(0, len(split), self.eval_batch_size):
                 rows = split.select(range(start, min(start + self.eval_batch_size, len(split))))
-                logps = score(collate(list(rows))).tolist()
-                half = len(logps) // 2
-                values.extend([c, r] for c, r in zip(logps[:half], logps[half:], strict=True))
+                batch = pairs.collate(list(rows), self.tokenizer.pad_token_id)
+                logps = score(batch)
+                values.extend(torch.stack([logps[batch.chosen], logps[batch.rejected]], dim=1).tolist())
             self.splits[name] = split.add_column("ref_logps", values)
 
     def per_device_batch_size(self) -> int:
@@ -207,7 +196,7 @@ class AlignDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         train = self.train_split()
         batch = self.per_device_batch_size()
-        collate = partial(_COLLATE[self.batch_format], pad_id=self.tokenizer.pad_token_id)
+        collate = partial(FORMATS[self.batch_format].collate, pad_id=self.tokenizer.pad_token_id)
         trainer = self.trainer
         return ResumableLoader(
             train,
@@ -229,7 +218,7 @@ class AlignDataModule(L.LightningDataModule):
         if "prompt_ids" in dataset.column_names:
             collate = partial(collate_prompts, pad_id=pad_id)
         else:
-            collate = StepCollator(partial(_COLLATE[self.batch_format], pad_id=pad_id), self.eval_batch_size)
+            collate = StepCollator(partial(FORMATS[self.batch_format].collate, pad_id=pad_id), self.eval_batch_size)
         # Its own generator: creating the iterator draws a worker seed from it, not from the
         # global RNG, so evaluating more or less often cannot change what training draws.
         return DataLoader(dataset, batch_size=self.eval_batch_size, collate_fn=collate,

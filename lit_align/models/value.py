@@ -7,7 +7,7 @@ import copy
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from lit_align.models.forward import position_ids
+from lit_align.models.response_forward import response_hidden
 
 
 class ValueHead(nn.Module):
@@ -36,17 +36,16 @@ class ValueHead(nn.Module):
         nn.init.normal_(self.head.weight, std=1 / (hidden + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, policy_hidden: Tensor | None = None) -> Tensor:
-        """``(batch, seq - 1)`` values of the states before each next token (aligned with the
-        policy's log-probs). ``policy_hidden`` ``(batch, seq, hidden)``: the policy's last hidden
-        states, required for a shared trunk and ignored with a separate one."""
+    def forward(self, inputs: dict[str, Tensor], policy_hidden: Tensor | None = None, shared: bool = True) -> Tensor:
+        """``(R, T)`` values of the states before each response token (aligned with the
+        policy's log-probs). ``inputs``: the prompts and responses
+        (`lit_align.data.batch.Responses.forward_inputs`); ``policy_hidden`` ``(R, T, hidden)``:
+        the policy's hidden states before each response token, required for a shared trunk and
+        ignored with a separate one, which runs its own (shared-prefix) forward."""
         if self.trunk is not None:
-            hidden = self.trunk(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                use_cache=False,
-            ).last_hidden_state  # fmt: skip
+            hidden = response_hidden(self.trunk, **inputs, shared=shared)
         elif policy_hidden is None:
             raise ValueError("a shared-trunk value head needs the policy's hidden states")
         else:
             hidden = policy_hidden
-        return self.head(hidden[:, :-1]).squeeze(-1).float()
+        return self.head(hidden).squeeze(-1).float()

@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_align.data.batch import GroupBatch
+from lit_align.data.formats import FORMATS
 from lit_align.objectives.base import Objective, ObjectiveOutput
 from lit_align.objectives.reduce import masked_mean, normalize
 
@@ -81,10 +83,10 @@ def aft_alignment_loss(scores: Tensor, ranks: Tensor, beta: float, constraint: s
 class AFT(Objective):
     """AFT over a batch of flattened groups.
 
-    A micro-batch holds every chain of its questions as rows, with ``group`` ``(rows,)`` the
-    question index within the micro-batch, ``rank`` ``(rows,)`` the ranking label, ``correct``
-    ``(rows,)`` the binary label and ``reference`` ``(rows,)`` true for reference solutions
-    (trained by L_VFT only, never paired). The loss is averaged over the questions of the step.
+    A micro-batch is a `GroupBatch`: questions with their chains, each chain's group its
+    ``prompt_index``, with ``rank`` the ranking label, ``correct`` the binary label and
+    ``reference`` true for reference solutions (trained by L_VFT only, never paired), each
+    ``(chains,)``. The loss is averaged over the questions of the step.
 
     Args:
         beta: boundary margin β.
@@ -94,7 +96,7 @@ class AFT(Objective):
         vft_weight: weight w of L_VFT.
     """
 
-    batch_format = "groups"
+    row_format = FORMATS["groups"]
 
     def __init__(
         self, beta: float = 0.1, constraint: str = "boundary", feedback: str = "binary", vft_weight: float = 1.0
@@ -108,26 +110,25 @@ class AFT(Objective):
             raise ValueError(f"beta and vft_weight must be >= 0, got {beta}, {vft_weight}")
         self.beta, self.constraint, self.feedback, self.vft_weight = beta, constraint, feedback, vft_weight
 
-    def normalizer(self, batch: dict[str, Tensor]) -> Tensor:
-        return torch.tensor(batch["num_groups"], device=batch["input_ids"].device)
+    def normalizer(self, batch: GroupBatch) -> Tensor:
+        return torch.tensor(batch.num_prompts, device=batch.prompt_ids.device)
 
     def forward(
         self,
-        batch: dict[str, Tensor],
+        batch: GroupBatch,
         logps: Tensor,
         ref_logps: Tensor | None,
         normalizer: Tensor,
     ) -> ObjectiveOutput:
-        mask = batch["loss_mask"][:, 1:]
-        scores = masked_mean(logps, mask, dim=1)  # s(c), (rows,)
-        reference = batch["reference"].bool()
-        ranks = batch["rank"] if self.feedback == "ranking" else (~batch["correct"].bool()).long()
+        scores = masked_mean(logps, batch.loss_mask, dim=1)  # s(c), (chains,)
+        reference = batch.reference.bool()
+        ranks = batch.rank if self.feedback == "ranking" else (~batch.correct.bool()).long()
         positive = (ranks == 0) & ~reference
         vft_rows = positive | reference
         total = scores.new_zeros(())
         pairs = ordered = violations = worse = 0
-        for g in range(batch["num_groups"]):
-            rows = batch["group"] == g
+        for g in range(batch.num_prompts):
+            rows = batch.prompt_index == g
             vft = rows & vft_rows
             if vft.any():  # mean over the group's VFT chains of their token-mean NLL
                 total = total - self.vft_weight * scores[vft].mean()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
+
+from lit_align.data.formats import FORMATS, RowFormat
 
 
 class ObjectiveOutput(NamedTuple):
@@ -20,11 +22,12 @@ class ObjectiveOutput(NamedTuple):
 
 
 class Objective(nn.Module):
-    """A loss over log-probs of a tokenised batch; the math lives in pure functions beside it.
+    """A loss over log-probs of a typed batch; the math lives in pure functions beside it.
 
     The module runs the policy (and, if ``needs_reference``, the frozen reference, unless the
-    batch already carries ``ref_logps``) over ``batch["input_ids"]`` and hands the objective
-    per-token log-probs of each next token, ``(batch, seq - 1)``. The objective never sees a
+    batch already carries ``ref_logps``) over the batch's prompts and responses
+    (`lit_align.data.batch.Responses`) and hands the objective the log-prob of each response
+    token, ``(responses, T)``, aligned with ``batch.loss_mask``. The objective never sees a
     model, a trainer or a config.
     """
 
@@ -32,15 +35,15 @@ class Objective(nn.Module):
     # The reference log-probs come with the batch (``ref_logps``), computed once by `train`
     # with the starting policy before training, instead of from a reference model.
     precompute_ref: bool = False
-    # The training rows it consumes: "sft" (prompt, response), "pairs", "groups" or "rollout"
-    # (see `lit_align.data.datamodule`).
-    batch_format: str = "sft"
-    # What the module passes as ``logps``: "logps", a causal LM's per-token log-probs
-    # ``(batch, seq - 1)``, or "scores", a sequence classifier's score per row ``(batch,)``
-    # (reward models; such a model cannot be evaluated by generation).
+    # The training rows it consumes, which owns their encoding and collation
+    # (`lit_align.data.formats`): SFT rows, pairs, groups or rollouts.
+    row_format: ClassVar[RowFormat] = FORMATS["sft"]
+    # What the module passes as ``logps``: "logps", a causal LM's log-probs of each response
+    # token ``(responses, T)``, or "scores", a sequence classifier's score per response
+    # ``(responses,)`` (reward models; such a model cannot be evaluated by generation).
     inputs: str = "logps"
-    # Extra policy outputs passed as keyword arguments to ``forward``: ``values`` ``(batch,
-    # seq - 1)`` from the module's critic, and ``entropy`` ``(batch, seq - 1)`` of each next-token
+    # Extra policy outputs passed as keyword arguments to ``forward``: ``values`` ``(responses,
+    # T)`` from the module's critic, and ``entropy`` ``(responses, T)`` of each response token's
     # distribution.
     needs_values: bool = False
     needs_entropy: bool = False
@@ -48,7 +51,12 @@ class Objective(nn.Module):
     # no_grad, so logging it does not keep a float32 (batch, seq, vocab) tensor for backward.
     entropy_grad: bool = False
 
-    def normalizer(self, batch: dict[str, Tensor]) -> Tensor:
+    @property
+    def batch_format(self) -> str:
+        """The row format's name (what data modules build raw rows for)."""
+        return self.row_format.name
+
+    def normalizer(self, batch: Any) -> Tensor:
         """How many units (tokens, sequences, pairs…) the loss averages over in ``batch``.
 
         The module sums this over every micro-batch of the step and over ranks, and passes the
@@ -58,7 +66,7 @@ class Objective(nn.Module):
 
     def forward(
         self,
-        batch: dict[str, Tensor],
+        batch: Any,
         logps: Tensor,
         ref_logps: Tensor | None,
         normalizer: Tensor,

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_align.data.batch import PairBatch
+from lit_align.data.formats import FORMATS
 from lit_align.objectives.base import Objective, ObjectiveOutput
 from lit_align.objectives.reduce import masked_mean, masked_sum, normalize
 
@@ -64,8 +66,8 @@ def dpo_losses(
 class DPO(Objective):
     """DPO-family loss over a batch of pairs, averaged over the pairs of the optimizer step.
 
-    A micro-batch holds ``2P`` sequences: the ``P`` chosen ones, then the ``P`` rejected ones,
-    so one forward of the policy (and one of the reference) scores both sides.
+    A micro-batch is a `PairBatch`: each prompt with its chosen and rejected response, scored by
+    one forward of the policy (and one of the reference) that computes the prompt once.
 
     Args:
         beta: β.
@@ -77,7 +79,7 @@ class DPO(Objective):
             once before training), so no reference model is kept during training.
     """
 
-    batch_format = "pairs"
+    row_format = FORMATS["pairs"]
 
     def __init__(
         self,
@@ -101,35 +103,39 @@ class DPO(Objective):
         self.precompute_ref = precompute_ref
         self.needs_reference = not precompute_ref
 
-    def normalizer(self, batch: dict[str, Tensor]) -> Tensor:
-        return torch.tensor(batch["input_ids"].shape[0] // 2, device=batch["input_ids"].device)
+    def normalizer(self, batch: PairBatch) -> Tensor:
+        return torch.tensor(len(batch.chosen), device=batch.chosen.device)
 
     def forward(
         self,
-        batch: dict[str, Tensor],
+        batch: PairBatch,
         logps: Tensor,
         ref_logps: Tensor | None,
         normalizer: Tensor,
     ) -> ObjectiveOutput:
-        mask = batch["loss_mask"][:, 1:]
-        seq = masked_sum(logps, mask, dim=1)
-        ref_seq = batch["ref_logps"] if ref_logps is None else masked_sum(ref_logps, mask, dim=1)
-        pairs = seq.shape[0] // 2
+        mask = batch.loss_mask
+        seq = masked_sum(logps, mask, dim=1)  # (responses,) log π(y|x)
+        if ref_logps is None:
+            assert batch.ref_logps is not None, "DPO needs the reference's log-probs (a model or precomputed)"
+            ref_chosen, ref_rejected = batch.ref_logps.unbind(-1)
+        else:
+            ref_seq = masked_sum(ref_logps, mask, dim=1)
+            ref_chosen, ref_rejected = ref_seq[batch.chosen], ref_seq[batch.rejected]
+        chosen, rejected = seq[batch.chosen], seq[batch.rejected]
         losses, chosen_rewards, rejected_rewards = dpo_losses(
-            seq[:pairs], seq[pairs:], ref_seq[:pairs], ref_seq[pairs:], self.beta, self.loss_type,
-            self.label_smoothing,
-        )  # fmt: skip
+            chosen, rejected, ref_chosen, ref_rejected, self.beta, self.loss_type, self.label_smoothing
+        )
         total = losses.sum()
         metrics = {
             "rewards/chosen": chosen_rewards.mean(),
             "rewards/rejected": rejected_rewards.mean(),
             "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
             "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-            "logps/chosen": seq[:pairs].detach().mean(),
-            "logps/rejected": seq[pairs:].detach().mean(),
+            "logps/chosen": chosen.detach().mean(),
+            "logps/rejected": rejected.detach().mean(),
         }
         if self.sft_weight:
-            nll = -masked_mean(logps[:pairs], mask[:pairs], dim=1)
+            nll = -masked_mean(logps[batch.chosen], mask[batch.chosen], dim=1)
             total = total + self.sft_weight * nll.sum()
             metrics["train/chosen_nll"] = nll.detach().mean()
         return ObjectiveOutput(normalize(total, normalizer), metrics)

@@ -5,8 +5,13 @@ A policy-gradient objective works in two places:
 1. ``prepare``, once per rollout, when online sampling has scored the samples: from rewards and
    the sampling policy's, the reference's (and the critic's) per-token values it computes the
    advantages (and returns) that stay fixed while the rollout is trained on.
-2. ``forward``, every micro-batch of every update epoch, on rollout rows (``batch_format =
-   "rollout"``, see `lit_align.data.collate.collate_rollout`) carrying those tensors.
+2. ``forward``, every micro-batch of every update epoch, on rollout rows (a `RolloutBatch`,
+   see `lit_align.data.formats.RolloutFormat`) carrying those tensors.
+
+When a rollout is trained on in a single on-policy optimizer step, the sampling policy *is*
+the policy of that step: an objective whose advantages need only the samples of one prompt
+(``in_step_advantages``, RLOO) then computes them in ``forward`` from the step's own forward,
+detached, and online sampling skips its separate scoring forward (`OnlineSampling`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lit_align.data.batch import RolloutBatch
+from lit_align.data.formats import FORMATS
 from lit_align.objectives.base import Objective
 from lit_align.objectives.rl import AGGREGATIONS, KL_ESTIMATORS, aggregation_units
 
@@ -87,8 +94,11 @@ class PolicyGradientObjective(Objective):
     ``kl_coef`` is a buffer, so the adaptive controller's β is checkpointed and resumed.
     """
 
-    batch_format = "rollout"
+    row_format = FORMATS["rollout"]
     needs_reference = True
+    # Whether ``forward`` can compute the advantages itself from a rollout batch without them:
+    # true when they depend only on the samples of each prompt (a micro-batch holds whole prompts).
+    in_step_advantages: bool = False
 
     def __init__(self, kl: KLPenalty, aggregation: str) -> None:
         super().__init__()
@@ -97,8 +107,8 @@ class PolicyGradientObjective(Objective):
         self.kl, self.aggregation = kl, aggregation
         self.register_buffer("kl_coef", torch.tensor(float(kl.coef)))
 
-    def normalizer(self, batch: dict[str, Tensor]) -> Tensor:
-        return aggregation_units(batch["loss_mask"][:, 1:], self.aggregation)
+    def normalizer(self, batch: RolloutBatch) -> Tensor:
+        return aggregation_units(batch.loss_mask, self.aggregation)
 
     def prepare(
         self,

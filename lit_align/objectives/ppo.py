@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_align.data.batch import RolloutBatch
 from lit_align.objectives.base import ObjectiveOutput
 from lit_align.objectives.policy_gradient import Experience, KLPenalty, PolicyGradientObjective
 from lit_align.objectives.reduce import masked_mean, normalize
@@ -114,7 +115,7 @@ class PPO(PolicyGradientObjective):
 
     def forward(
         self,
-        batch: dict[str, Tensor],
+        batch: RolloutBatch,
         logps: Tensor,
         ref_logps: Tensor | None,
         normalizer: Tensor,
@@ -122,10 +123,11 @@ class PPO(PolicyGradientObjective):
         entropy: Tensor | None = None,
     ) -> ObjectiveOutput:
         assert values is not None and entropy is not None, "the module passes PPO the critic's values and entropy"
-        mask = batch["loss_mask"][:, 1:]
-        old_logps, returns = batch["old_logps"], batch["returns"]
-        policy_losses, clipped = clipped_surrogate(logps, old_logps, batch["advantages"], self.clip)
-        value_losses = clipped_value_loss(values, batch["old_values"], returns, self.value_clip)
+        mask = batch.loss_mask
+        old_logps, returns, advantages = batch.old_logps, batch.returns, batch.advantages
+        assert old_logps is not None and returns is not None and advantages is not None and batch.old_values is not None
+        policy_losses, clipped = clipped_surrogate(logps, old_logps, advantages, self.clip)
+        value_losses = clipped_value_loss(values, batch.old_values, returns, self.value_clip)
         total = aggregate(policy_losses, mask, self.aggregation)
         total = total + self.vf_coef * aggregate(value_losses, mask, self.aggregation)
         if self.entropy_coef:

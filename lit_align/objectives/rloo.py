@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_align.data.batch import RolloutBatch
 from lit_align.objectives.base import ObjectiveOutput
 from lit_align.objectives.policy_gradient import Experience, KLPenalty, PolicyGradientObjective
 from lit_align.objectives.reduce import masked_mean, masked_sum, normalize
@@ -42,6 +43,8 @@ class RLOO(PolicyGradientObjective):
         aggregation: ``token_mean`` (default), ``seq_mean`` or ``seq_sum`` (the paper's sum
             over tokens); see `lit_align.objectives.rl.aggregate`.
     """
+
+    in_step_advantages = True
 
     def __init__(self, kl: KLPenalty | None = None, clip: float | None = 0.2, aggregation: str = "token_mean") -> None:
         super().__init__(kl or KLPenalty(), aggregation)
@@ -70,21 +73,30 @@ class RLOO(PolicyGradientObjective):
 
     def forward(
         self,
-        batch: dict[str, Tensor],
+        batch: RolloutBatch,
         logps: Tensor,
         ref_logps: Tensor | None,
         normalizer: Tensor,
     ) -> ObjectiveOutput:
-        mask = batch["loss_mask"][:, 1:]
-        advantages = batch["advantages"]
+        mask = batch.loss_mask
+        if ref_logps is None:
+            assert batch.ref_logps is not None, "RLOO needs the reference's log-probs (a model or the rollout's)"
+            ref_logps = batch.ref_logps
+        # One on-policy step: this forward's policy sampled the rollout, so its detached
+        # log-probs are the sampling policy's (no separate scoring forward was run).
+        old_logps = logps.detach() if batch.old_logps is None else batch.old_logps
+        advantages = batch.advantages
+        if advantages is None:
+            counts = torch.bincount(batch.prompt_index, minlength=batch.num_prompts)
+            if bool((counts != counts[0]).any()):
+                raise ValueError("in-step RLOO advantages need the same number of samples for every prompt")
+            advantages = self.prepare(batch.rewards, old_logps, ref_logps, mask, int(counts[0])).advantages
         metrics = {}
         if self.clip is None:
             losses = -advantages * logps
         else:
-            losses, clipped = clipped_surrogate(logps, batch["old_logps"], advantages, self.clip)
+            losses, clipped = clipped_surrogate(logps, old_logps, advantages, self.clip)
             metrics["rloo/clip_frac"] = masked_mean(clipped.float(), mask)
-        if ref_logps is None:
-            ref_logps = batch["ref_logps"]
         # Off the response the stored reference is a 0 filler: compare log π with itself there,
         # so k3's exp cannot overflow on a prompt token (inf · 0 would make the loss NaN).
         ref_logps = torch.where(mask.bool(), ref_logps, logps.detach())

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_align.data.batch import PairBatch
+from lit_align.data.formats import FORMATS
 from lit_align.objectives.base import Objective, ObjectiveOutput
 from lit_align.objectives.reduce import normalize
 
@@ -27,16 +29,15 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
 class RM(Objective):
     """Bradley–Terry training of a sequence classifier on pairs.
 
-    A micro-batch holds ``2P`` sequences, chosen then rejected (the ``pairs`` format); the
-    module passes the classifier's ``(2P,)`` scores instead of per-token log-probs
-    (``inputs = "scores"``). Logs ``rm/accuracy`` (the chosen scored higher), ``rm/margin`` and
+    A micro-batch is a `PairBatch`; the module passes the classifier's score of each response
+    ``(responses,)`` instead of per-token log-probs (``inputs = "scores"``). Logs ``rm/accuracy`` (the chosen scored higher), ``rm/margin`` and
     the mean scores.
 
     Args:
         center_coef: weight of the (r_c + r_r)² centring term; 0 disables it.
     """
 
-    batch_format = "pairs"
+    row_format = FORMATS["pairs"]
     inputs = "scores"
 
     def __init__(self, center_coef: float = 0.0) -> None:
@@ -45,18 +46,17 @@ class RM(Objective):
             raise ValueError(f"center_coef must be >= 0, got {center_coef}")
         self.center_coef = center_coef
 
-    def normalizer(self, batch: dict[str, Tensor]) -> Tensor:
-        return torch.tensor(batch["input_ids"].shape[0] // 2, device=batch["input_ids"].device)
+    def normalizer(self, batch: PairBatch) -> Tensor:
+        return torch.tensor(len(batch.chosen), device=batch.chosen.device)
 
     def forward(
         self,
-        batch: dict[str, Tensor],
+        batch: PairBatch,
         scores: Tensor,
         ref_logps: Tensor | None,
         normalizer: Tensor,
     ) -> ObjectiveOutput:
-        pairs = scores.shape[0] // 2
-        chosen, rejected = scores[:pairs], scores[pairs:]
+        chosen, rejected = scores[batch.chosen], scores[batch.rejected]
         losses = bradley_terry_loss(chosen, rejected)
         if self.center_coef:
             losses = losses + self.center_coef * (chosen + rejected).square()

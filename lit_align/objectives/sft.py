@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from lit_align.data.batch import SFTBatch
 from lit_align.objectives.base import Objective, ObjectiveOutput
 from lit_align.objectives.reduce import masked_sum, normalize
 
@@ -29,14 +30,14 @@ def sft_loss(logps: Tensor, mask: Tensor, normalizer: Tensor | float) -> Tensor:
 class SFT(Objective):
     """Next-token NLL on response tokens; prompt tokens are masked out (``loss_mask`` is 0)."""
 
-    def normalizer(self, batch: dict[str, Tensor]) -> Tensor:
-        return batch["loss_mask"][:, 1:].sum()
+    def normalizer(self, batch: SFTBatch) -> Tensor:
+        return batch.loss_mask.sum()
 
     def forward(
         self,
-        batch: dict[str, Tensor],
+        batch: SFTBatch,
         logps: Tensor,
         ref_logps: Tensor | None,
         normalizer: Tensor,
     ) -> ObjectiveOutput:
-        return ObjectiveOutput(sft_loss(logps, batch["loss_mask"][:, 1:], normalizer), {})
+        return ObjectiveOutput(sft_loss(logps, batch.loss_mask, normalizer), {})

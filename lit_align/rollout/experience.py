@@ -1,16 +1,19 @@
-"""Rollout rows for policy-gradient objectives: the sampled token ids with the per-token
-tensors an update needs, kept as sampled (never decoded and re-tokenised).
+"""Rollout rows for policy-gradient objectives: each prompt with its sampled responses, kept as
+sampled (never decoded and re-tokenised) and as tensors from the sampler to the loss.
 
-A sample becomes one row::
+A prompt becomes one row (`lit_align.data.formats.RolloutFormat` collates them)::
 
-    input_ids   prompt ids (no padding) + response ids (up to and including eos)
-    prompt_len  how many of them are the prompt
-    old_logps, ref_logps, advantages[, returns, old_values]
-                one float per response token: the sampling policy's and the reference's
-                log-prob, the advantage (and PPO's value target and old value)
+    prompt_ids                (Lp,)    the prompt's ids, unpadded
+    response_ids, response_mask (k, T) its samples, up to and including eos
+    rewards                   (k,)     NaN where unscorable
+    truncated                 (k,)     no eos within the budget
+    old_logps, ref_logps, advantages[, returns, old_values]   (k, T)
+                                       when the rollout is scored once before training: the
+                                       sampling policy's and the reference's log-probs, the
+                                       advantages (and PPO's value targets and old values)
 
-`lit_align.data.collate.collate_rollout` pads rows back into ``(batch, seq - 1)`` tensors
-aligned with the training forward's log-probs.
+A rollout trained on in one on-policy step carries only the samples and rewards: the step's own
+forward gives the sampling policy's log-probs and the objective its advantages.
 """
 
 from __future__ import annotations
@@ -24,71 +27,71 @@ from torch import Tensor
 from lit_align.objectives.policy_gradient import PolicyGradientObjective
 from lit_align.rollout.sampler import Rollout
 
+Row = dict[str, Any]
 
-def split_rollout(rollout: Rollout, logps: Tensor, ref_logps: Tensor, values: Tensor | None) -> list[dict[str, Any]]:
-    """Per sample of a left-padded rollout: its unpadded ``prompt_ids`` and ``response_ids``,
-    and ``old_logps``, ``ref_logps`` (and ``values``) over its response tokens, as lists.
 
-    ``logps``, ``ref_logps``, ``values``: ``(N, L - 1)``, aligned with ``rollout.input_ids[:, 1:]``.
-    """
-    prompt_width = int(rollout.response_mask.any(0).int().argmax())  # the first completion column
-    per_token = {"old_logps": logps, "ref_logps": ref_logps} | ({"values": values} if values is not None else {})
+def split_rollout(rollout: Rollout, scored: tuple[Tensor, Tensor, Tensor | None] | None = None) -> list[Row]:
+    """Per prompt of a rollout: its unpadded ``prompt_ids`` and its samples' ``response_ids``,
+    ``response_mask``, ``truncated`` (and, with ``scored`` = the sampling policy's, the
+    reference's and the critic's ``(N, T)`` outputs, ``old_logps``, ``ref_logps``, ``values``),
+    on the CPU, each prompt's responses trimmed to its longest."""
+    per_token = {}
+    if scored is not None:
+        logps, ref_logps, values = scored
+        per_token = {"old_logps": logps, "ref_logps": ref_logps} | ({} if values is None else {"values": values})
     per_token = {key: value.float().cpu() for key, value in per_token.items()}
-    ids, attention = rollout.input_ids.cpu(), rollout.attention_mask.cpu()
-    lengths = rollout.response_mask.sum(-1).tolist()
-    samples = []
-    for i, length in enumerate(lengths):
-        prompt = ids[i, :prompt_width][attention[i, :prompt_width].bool()]
-        span = slice(prompt_width - 1, prompt_width - 1 + length)  # logps index of response token j: P − 1 + j
-        sample = {"prompt_ids": prompt.tolist(), "response_ids": ids[i, prompt_width : prompt_width + length].tolist()}
-        samples.append(sample | {key: value[i, span].tolist() for key, value in per_token.items()})
-    return samples
+    ids, mask = rollout.completion_ids.cpu(), rollout.completion_mask.cpu()
+    prompts, prompt_mask = rollout.prompt_ids.cpu(), rollout.prompt_mask.cpu().bool()
+    index = rollout.prompt_index.cpu()
+    rows = []
+    for p in range(len(prompts)):
+        samples = (index == p).nonzero().squeeze(-1)
+        width = max(1, int(mask[samples].sum(-1).max()))
+        row = {"prompt_ids": prompts[p][prompt_mask[p]], "response_ids": ids[samples, :width],
+               "response_mask": mask[samples, :width], "truncated": rollout.truncated[samples].cpu()}  # fmt: skip
+        rows.append(row | {key: value[samples, :width] for key, value in per_token.items()})
+    return rows
 
 
-def response_tensors(samples: Sequence[dict[str, Any]], key: str) -> Tensor:
-    """``(N, T)`` right-padded with 0: ``samples[i][key]`` over each response."""
-    longest = max(len(s["response_ids"]) for s in samples)
-    out = torch.zeros(len(samples), longest)
-    for i, sample in enumerate(samples):
-        out[i, : len(sample[key])] = torch.tensor(sample[key])
-    return out
+def _stack(rows: Sequence[Row], key: str) -> Tensor:
+    """``rows[i][key]`` ``(k_i, T_i)`` right-padded with 0 and stacked: ``(N, max T)``."""
+    width = max(r[key].shape[1] for r in rows)
+    return torch.cat([torch.nn.functional.pad(r[key], (0, width - r[key].shape[1])) for r in rows])
 
 
 def experience_rows(
     objective: PolicyGradientObjective,
-    samples: Sequence[dict[str, Any]],
+    groups: Sequence[Row],
     rewards: Sequence[float | None],
     num_samples: int,
-    truncated: Sequence[bool],
-) -> tuple[list[dict[str, Any]], list[float]]:
-    """The rows of one rollout, with the objective's advantages, and each sample's KL to the
-    reference. ``samples`` come from `split_rollout`, ``k = num_samples`` per prompt, adjacent."""
-    if not samples:
+) -> tuple[list[Row], list[float]]:
+    """The rows of one rollout and each sample's KL to the reference.
+
+    ``groups`` come from `split_rollout` (``num_samples`` samples each, in order), ``rewards``
+    one per sample. Groups scored before training get the objective's advantages (computed
+    here, over the whole rollout: PPO whitens over it); unscored groups (one on-policy step)
+    only their rewards, and no KL is known yet (an empty list)."""
+    if not groups:
         return [], []
-    mask = torch.zeros(len(samples), max(len(s["response_ids"]) for s in samples))
-    for i, sample in enumerate(samples):
-        mask[i, : len(sample["response_ids"])] = 1
-    values = response_tensors(samples, "values") if "values" in samples[0] else None
     reward = torch.tensor([float("nan") if r is None else float(r) for r in rewards])
+    if "old_logps" not in groups[0]:
+        return [g | {"rewards": reward[i * num_samples : (i + 1) * num_samples]} for i, g in enumerate(groups)], []
+    mask = _stack(groups, "response_mask").float()
+    values = _stack(groups, "values") if "values" in groups[0] else None
     experience = objective.prepare(
-        reward, response_tensors(samples, "old_logps"), response_tensors(samples, "ref_logps"), mask,
-        num_samples, values,
-    )  # fmt: skip
+        reward, _stack(groups, "old_logps"), _stack(groups, "ref_logps"), mask, num_samples, values
+    )
     rows = []
-    for i, sample in enumerate(samples):
-        if not experience.keep[i]:
+    for i, group in enumerate(groups):
+        span = slice(i * num_samples, (i + 1) * num_samples)
+        keep = experience.keep[span]
+        if not keep.any():
             continue
-        n = len(sample["response_ids"])
-        row = {
-            "input_ids": sample["prompt_ids"] + sample["response_ids"],
-            "prompt_len": len(sample["prompt_ids"]),
-            "old_logps": sample["old_logps"],
-            "ref_logps": sample["ref_logps"],
-            "advantages": experience.advantages[i, :n].tolist(),
-            "prompt_truncated": False,
-            "response_truncated": bool(truncated[i]),
-        }
+        width = group["response_ids"].shape[1]
+        row = {key: group[key][keep] for key in ("response_ids", "response_mask", "truncated", "old_logps", "ref_logps")}
+        row |= {"prompt_ids": group["prompt_ids"], "rewards": reward[span][keep],
+                "advantages": experience.advantages[span][keep, :width]}  # fmt: skip
         if experience.returns is not None:
-            row |= {"returns": experience.returns[i, :n].tolist(), "old_values": sample["values"]}
+            row |= {"returns": experience.returns[span][keep, :width], "old_values": group["values"][keep]}
         rows.append(row)
     return rows, experience.kl.tolist()

@@ -8,35 +8,58 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_align.models.forward import eval_mode, forward_logps
+from lit_align.models.forward import eval_mode
+from lit_align.models.response_forward import response_logps
 from lit_align.models.sharding import synced_generation
 from lit_align.rollout.generate import PLAIN_DECODING
 
 
 @dataclass
 class Rollout:
-    """``N = prompts × num_samples`` sequences: a left-padded prompt then its completion.
+    """``N = prompts × num_samples`` samples: each prompt once, and every sample's completion.
 
     Attributes:
-        prompt_index: ``(N,)`` which prompt of the batch each sequence continues; the samples
-            of one prompt are adjacent.
-        input_ids: ``(N, L)`` prompt and completion ids; after the first eos, padding.
-        attention_mask: ``(N, L)`` 1 on prompt and completion tokens up to and including eos.
-        response_mask: ``(N, L)`` 1 on completion tokens up to and including eos.
+        prompt_ids: ``(prompts, P)`` the prompts, left-padded, once each.
+        prompt_mask: ``(prompts, P)`` 1 on prompt tokens.
+        prompt_index: ``(N,)`` which prompt each sample continues; the samples of one prompt
+            are adjacent.
+        completion_ids: ``(N, T)`` the sampled ids; after the first eos, padding.
+        completion_mask: ``(N, T)`` 1 on completion tokens up to and including eos.
         truncated: ``(N,)`` true where no eos came within ``max_new_tokens``.
-        logps: ``(N, L - 1)`` the sampling policy's log-prob of each next token, from the
-            training forward (not generate's scores), 0 where ``response_mask[:, 1:]`` is 0;
-            ``None`` when sampled ``with_logps=False``.
+        logps: ``(N, T)`` the sampling policy's log-prob of each completion token, from the
+            training forward (not generate's scores), 0 on padding; ``None`` when sampled
+            ``with_logps=False``.
         completions: ``N`` decoded completions, special tokens removed.
     """
 
+    prompt_ids: Tensor
+    prompt_mask: Tensor
     prompt_index: Tensor
-    input_ids: Tensor
-    attention_mask: Tensor
-    response_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
     truncated: Tensor
     logps: Tensor | None
     completions: list[str]
+
+    def forward_inputs(self) -> dict[str, Tensor]:
+        """The prompts and completions as the response forward reads them."""
+        return {"prompt_ids": self.prompt_ids, "prompt_mask": self.prompt_mask, "response_ids": self.completion_ids,
+                "response_mask": self.completion_mask, "prompt_index": self.prompt_index}  # fmt: skip
+
+    @property
+    def input_ids(self) -> Tensor:
+        """``(N, P + T)`` each sample as one sequence: its left-padded prompt, then its completion."""
+        return torch.cat([self.prompt_ids.index_select(0, self.prompt_index), self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        return torch.cat([self.prompt_mask.index_select(0, self.prompt_index), self.completion_mask], dim=1)
+
+    @property
+    def response_mask(self) -> Tensor:
+        """``(N, P + T)`` 1 on the completion tokens of `input_ids`."""
+        return torch.cat([torch.zeros_like(self.prompt_mask).index_select(0, self.prompt_index),
+                          self.completion_mask], dim=1)  # fmt: skip
 
 
 class Sampler:
@@ -75,16 +98,18 @@ class Sampler:
         prompt_mask: Tensor,
         seed: int | None = None,
         with_logps: bool = True,
+        shared_prefix: bool = True,
     ) -> Rollout:
         """Samples from ``prompt_ids``/``prompt_mask`` ``(prompts, P)``, left-padded.
 
         ``seed`` overrides the sampler's seed for this call (callers that sample repeatedly
         pass a fresh one each time); ``with_logps=False`` skips the log-prob forward and leaves
-        ``logps`` ``None``, for callers that only read the text.
+        ``logps`` ``None``, for callers that only read the text; ``shared_prefix`` computes each
+        prompt once for its samples in that forward.
         """
         with eval_mode(model):
             return self._sample(model, tokenizer, prompt_ids, prompt_mask, self.seed if seed is None else seed,
-                                with_logps)  # fmt: skip
+                                with_logps, shared_prefix)  # fmt: skip
 
     def _sample(
         self,
@@ -94,7 +119,9 @@ class Sampler:
         prompt_mask: Tensor,
         seed: int | None,
         with_logps: bool,
+        shared_prefix: bool,
     ) -> Rollout:
+        prompts, masks = prompt_ids, prompt_mask
         prompt_ids = prompt_ids.repeat_interleave(self.num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(self.num_samples, dim=0)
         devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
@@ -113,16 +140,16 @@ class Sampler:
         after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
         keep = (~after_eos).long()
         completion = torch.where(keep.bool(), completion, tokenizer.pad_token_id)
-        input_ids = torch.cat([prompt_ids, completion], dim=1)
-        attention_mask = torch.cat([prompt_mask, keep], dim=1)
-        response_mask = torch.cat([torch.zeros_like(prompt_mask), keep], dim=1)
-        logps = forward_logps(model, input_ids, attention_mask) * response_mask[:, 1:] if with_logps else None
-        return Rollout(
-            prompt_index=torch.arange(len(input_ids), device=input_ids.device) // self.num_samples,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            response_mask=response_mask,
+        rollout = Rollout(
+            prompt_ids=prompts,
+            prompt_mask=masks,
+            prompt_index=torch.arange(len(completion), device=completion.device) // self.num_samples,
+            completion_ids=completion,
+            completion_mask=keep,
             truncated=~is_eos.any(dim=-1),
-            logps=logps,
+            logps=None,
             completions=tokenizer.batch_decode(completion, skip_special_tokens=True),
         )
+        if with_logps:
+            rollout.logps = response_logps(model, **rollout.forward_inputs(), shared=shared_prefix).logps
+        return rollout

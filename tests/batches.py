@@ -7,7 +7,7 @@ import torch
 from lit_align.data.batch import GroupBatch, RolloutBatch, SFTBatch
 
 
-def _fields(mask: list[list[int]] | torch.Tensor, prompt_index: list[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+def fields_of(mask: list[list[int]] | torch.Tensor, prompt_index: list[int] | torch.Tensor) -> dict[str, torch.Tensor]:
     mask = torch.as_tensor(mask).long()
     index = torch.as_tensor(prompt_index).long()
     prompts = int(index.max()) + 1 if len(index) else 0
@@ -17,14 +17,14 @@ def _fields(mask: list[list[int]] | torch.Tensor, prompt_index: list[int] | torc
 
 
 def sft_batch(mask: list[list[int]]) -> SFTBatch:
-    return SFTBatch(**_fields(mask, list(range(len(mask)))))
+    return SFTBatch(**fields_of(mask, list(range(len(mask)))))
 
 
 def group_batch(mask, group, **labels: torch.Tensor) -> GroupBatch:
-    return GroupBatch(**_fields(mask, group), **labels)
+    return GroupBatch(**fields_of(mask, group), **labels)
 
 
 def rollout_batch(mask, prompt_index, rewards=None, **tensors: torch.Tensor) -> RolloutBatch:
     mask = torch.as_tensor(mask)
     rewards = torch.zeros(len(mask)) if rewards is None else torch.as_tensor(rewards, dtype=torch.float32)
-    return RolloutBatch(**_fields(mask, prompt_index), rewards=rewards, **tensors)
+    return RolloutBatch(**fields_of(mask, prompt_index), rewards=rewards, **tensors)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from tests.batches import group_batch
 from lit_align.objectives.aft import AFT, aft_alignment_loss, boundaries
+from tests.batches import group_batch
 
 T = torch.tensor
 

@@ -55,7 +55,8 @@ def _pair_batch(logps_rows, mask_rows, ref_logps=None):
     batch = PairBatch(
         prompt_ids=torch.ones(rows // 2, 1, dtype=torch.long), prompt_mask=torch.ones(rows // 2, 1, dtype=torch.long),
         response_ids=torch.zeros(rows, width, dtype=torch.long), response_mask=torch.tensor(mask_rows),
-        loss_mask=torch.tensor(mask_rows), prompt_index=torch.arange(rows) // 2, chosen=2 * pairs, rejected=2 * pairs + 1,
+        loss_mask=torch.tensor(mask_rows), prompt_index=torch.arange(rows) // 2,
+        chosen=2 * pairs, rejected=2 * pairs + 1,
         ref_logps=None if ref_logps is None else T(ref_logps).view(-1, 2),
     )  # fmt: skip
     return batch, T(logps_rows)

@@ -1,10 +1,10 @@
 import torch
 from torch.testing import assert_close
 
-from tests.batches import sft_batch
 from lit_align.objectives.logps import shifted_logps, token_logps
 from lit_align.objectives.reduce import masked_mean, masked_sum, normalize
 from lit_align.objectives.sft import SFT, sft_loss
+from tests.batches import sft_batch
 
 
 def test_token_logps_matches_log_softmax():

@@ -124,9 +124,11 @@ def response_scores(
     response's last token (the classifier's own pooling: its last non-pad token)."""
     if not shared:
         ids, attention, positions = _flat_inputs(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
-        return classifier(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits[
-            :, 0
-        ].float()
+        return (
+            classifier(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
+            .logits[:, 0]
+            .float()
+        )
     cache = recording_cache()
     with _cache_under_checkpointing(classifier):
         classifier(**_prompt_inputs(classifier, prompt_ids, prompt_mask, cache))
@@ -164,7 +166,9 @@ def _two_pass(
         if head is None:
             return before_each_token(model(**inputs).last_hidden_state)
         module, fn = head
-        with _replaced_forward(module, lambda h: before_each_token(h) if state["pass"] == "prompt" else fn(before_each_token(h))):
+        with _replaced_forward(
+            module, lambda h: before_each_token(h) if state["pass"] == "prompt" else fn(before_each_token(h))
+        ):
             return model(**inputs).logits
 
     keep = {"logits_to_keep": 1} if head is not None else {}

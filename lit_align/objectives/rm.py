@@ -30,8 +30,8 @@ class RM(Objective):
     """Bradley–Terry training of a sequence classifier on pairs.
 
     A micro-batch is a `PairBatch`; the module passes the classifier's score of each response
-    ``(responses,)`` instead of per-token log-probs (``inputs = "scores"``). Logs ``rm/accuracy`` (the chosen scored higher), ``rm/margin`` and
-    the mean scores.
+    ``(responses,)`` instead of per-token log-probs (``inputs = "scores"``). Logs
+    ``rm/accuracy`` (the chosen scored higher), ``rm/margin`` and the mean scores.
 
     Args:
         center_coef: weight of the (r_c + r_r)² centring term; 0 disables it.

@@ -88,7 +88,9 @@ def experience_rows(
         if not keep.any():
             continue
         width = group["response_ids"].shape[1]
-        row = {key: group[key][keep] for key in ("response_ids", "response_mask", "truncated", "old_logps", "ref_logps")}
+        row = {
+            key: group[key][keep] for key in ("response_ids", "response_mask", "truncated", "old_logps", "ref_logps")
+        }
         row |= {"prompt_ids": group["prompt_ids"], "rewards": reward[span][keep],
                 "advantages": experience.advantages[span][keep, :width]}  # fmt: skip
         if experience.returns is not None:

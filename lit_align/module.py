@@ -153,12 +153,6 @@ class AlignModule(L.LightningModule):
 
     # -- training -----------------------------------------------------------------------------
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # Typed batches move their own tensors (Lightning's walk would also visit every field).
-        if isinstance(batch, list) and batch and isinstance(batch[0], Responses):
-            return [micro.to(device) for micro in batch]
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def training_step(self, batch: list[Responses], batch_idx: int) -> None:
         start = time.perf_counter()
         optimizer = self.optimizers()

@@ -85,11 +85,11 @@ def test_datamodule_builds_each_format(tokenizer, batch_format):
     micro, *rest = next(iter(dm.train_dataloader()))
     assert len(rest) == 2  # 8 rows in micro-batches of 3, 3, 2
     rows = {"sft": 3, "pairs": 6, "groups": 15}[batch_format]  # sequences in the first micro-batch
-    assert micro["input_ids"].shape[0] == rows
+    assert micro.num_responses == rows and micro.num_prompts == 3
     if batch_format == "groups":
-        assert micro["num_groups"] == 3 and micro["group"].tolist() == [0] * 5 + [1] * 5 + [2] * 5
-        assert micro["correct"].tolist()[:5] == [1, 0, 0, 0, 0] and micro["rank"][0] == 0
-        assert all(1 <= r <= 3 for r in micro["rank"].tolist()[1:5])
+        assert micro.prompt_index.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+        assert micro.correct.tolist()[:5] == [1, 0, 0, 0, 0] and micro.rank[0] == 0
+        assert all(1 <= r <= 3 for r in micro.rank.tolist()[1:5])
     if batch_format == "pairs":
         raw = dm.build_splits()["train"][0]
         assert raw["chosen"] != raw["rejected"] and raw["chosen"].split("\n")[0] != "#"

@@ -9,8 +9,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from lit_align.data.chat import assistant_spans, chat_prompt, encode_conversation, render_chat
-from lit_align.data.collate import collate_sft
 from lit_align.data.files import ChatDataModule
+from lit_align.data.formats import FORMATS
 from lit_align.data.instruct import InstructDataModule
 from lit_align.models.tiny import CHAT_TEMPLATE, char_tokenizer
 from lit_align.train import train
@@ -74,10 +74,11 @@ def test_every_assistant_turn_and_only_those_is_trained_token_by_token():
     # Collated beside a longer row, the mask survives padding and pad tokens are never trained.
     longer = encode_conversation(tokenizer, [*CONVERSATION, {"role": "user", "content": "ok"},
                                              {"role": "assistant", "content": "bye"}], max_length=512)  # fmt: skip
-    batch = collate_sft([row, longer], tokenizer.pad_token_id)
-    n = len(row["input_ids"])
-    assert batch["loss_mask"][0, :n].tolist() == row["loss_mask"] and batch["loss_mask"][0, n:].sum() == 0
-    assert batch["loss_mask"][1].tolist() == longer["loss_mask"] and batch["num_tokens"] == n + len(longer["input_ids"])
+    batch = FORMATS["sft"].collate([row, longer], tokenizer.pad_token_id)
+    n, p = len(row["input_ids"]), row["prompt_len"]  # the prompt is everything before the first target
+    assert batch.loss_mask[0, : n - p].tolist() == row["loss_mask"][p:] and batch.loss_mask[0, n - p :].sum() == 0
+    assert batch.loss_mask[1].tolist() == longer["loss_mask"][longer["prompt_len"] :]
+    assert batch.num_tokens == n + len(longer["input_ids"])
 
 
 def test_chatml_without_eos_gets_one_appended_and_trained():
@@ -123,7 +124,7 @@ def test_chat_datamodule_reads_messages_drops_empty_and_refuses_pairs(tmp_path):
     dm.setup()
     assert len(dm.train_split()) == 6 and dm.stats["data/dropped_rows"] == 1
     micro = next(iter(dm.train_dataloader()))[0]
-    ids, mask = micro["input_ids"], micro["loss_mask"].bool()
+    ids, mask = micro.response_ids, micro.loss_mask.bool()
     trained = [tokenizer.decode(row[keep]) for row, keep in zip(ids, mask, strict=True)]
     assert all(t.endswith("</s>") and t[:-4].isdigit() for t in trained)
     assert "loss_mask" in dm.splits["validation"].column_names  # held-out: scored by the objective

@@ -34,7 +34,7 @@ def test_preference_text_rows_and_bad_rows(tokenizer, tmp_path):
     assert dm.stats["data/dropped_rows"] == 1 and dm.stats["data/train_rows"] == 4
     assert "chosen_ids" in dm.splits["validation"].column_names  # held-out pairs, scored by the objective
     micro = next(iter(dm.val_dataloader()))[0]
-    assert micro["input_ids"].shape[0] == 4  # 2 pairs: chosen, chosen, rejected, rejected
+    assert micro.num_responses == 4 and micro.num_prompts == 2  # 2 pairs, each prompt once
 
     missing = tmp_path / "missing.jsonl"
     _jsonl(missing, [PAIRS[0], {"prompt": "q", "chosen": "a"}])
@@ -90,9 +90,9 @@ def test_cot_ranking_rows(tokenizer, tmp_path):
     dm.train_split()
     assert dm.stats["data/empty_responses"] == 6 and dm.stats["data/train_rows"] == 4
     micro = next(iter(dm.train_dataloader()))[0]
-    assert micro["num_groups"] == 2 and micro["input_ids"].shape[0] == 8  # 3 responses + the reference, twice
-    assert micro["rank"].tolist()[:4] == [0, 1, 2, 0] and micro["reference"].tolist()[:4] == [0, 0, 0, 1]
-    assert micro["correct"].tolist()[:4] == [1, 0, 0, 1]  # derived from rank 0
+    assert micro.num_prompts == 2 and micro.num_responses == 8  # 3 responses + the reference, twice
+    assert micro.rank.tolist()[:4] == [0, 1, 2, 0] and micro.reference.tolist()[:4] == [0, 0, 0, 1]
+    assert micro.correct.tolist()[:4] == [1, 0, 0, 1]  # derived from rank 0
     assert "prompt_ids" in dm.splits["validation"].column_names  # answers: scored by generation
 
     binary = [{"question": "q", "responses": [{"text": "a", "correct": True}, {"text": "b", "correct": False}]}] * 4

@@ -11,17 +11,23 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from lit_align.models.forward import forward_logps
+from lit_align.data.collate import encode_prompt_response
+from lit_align.data.formats import FORMATS
 from lit_align.models.lora import add_lora, is_lora
+from lit_align.models.response_forward import response_logps
 from lit_align.module import AlignModule
 from lit_align.objectives.dpo import DPO
 from lit_align.train import train
 from tests.conftest import losses_by_step, make_cfg
 
 
-def _ids(tokenizer):
-    batch = tokenizer(["12+7=19", "3*4=12;"], padding=True, return_tensors="pt")
-    return batch["input_ids"], batch["attention_mask"]
+def _inputs(tokenizer):
+    """Two prompts, three responses: the module's forward inputs."""
+    batch = FORMATS["sft"].collate(
+        [encode_prompt_response(tokenizer, p, r, 16, 32) for p, r in (("12+7=", "19"), ("3*4=", "12;"), ("3*4=", "1"))],
+        tokenizer.pad_token_id,
+    )
+    return batch.forward_inputs()
 
 
 def test_rank_zero_is_full_fine_tuning(tiny_model):
@@ -35,14 +41,14 @@ def test_reference_is_the_policy_with_adapters_off(tokenizer, tiny_model):
     assert module.reference is None and is_lora(module.policy)  # no second copy of the weights
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)
-    ids, mask = _ids(tokenizer)
+    inputs = _inputs(tokenizer)
     with torch.no_grad():  # as if trained: B != 0, so the adapted policy moves away from the base
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=0.5)
-        expected = forward_logps(base, ids, mask)
-        moved = forward_logps(policy.eval(), ids, mask)
-    assert torch.equal(module.reference_logps(ids, mask), expected)  # bit for bit the base model
+        expected = response_logps(base, **inputs).logps
+        moved = response_logps(policy.eval(), **inputs).logps
+    assert torch.equal(module.reference_logps(inputs), expected)  # bit for bit the base model
     assert not torch.allclose(moved, expected, atol=1e-3)
     assert policy.training is False  # the reference forward put the policy back in the mode it was in
 

@@ -18,7 +18,7 @@ def test_shapes_masks_and_truncation(tokenizer, tiny_model):
         tiny_model, tokenizer, prompt_ids, prompt_mask
     )
     n, width = 24, prompt_ids.shape[1]
-    assert rollout.input_ids.shape[0] == n and rollout.logps.shape == (n, rollout.input_ids.shape[1] - 1)
+    assert rollout.input_ids.shape[0] == n and rollout.logps.shape == rollout.completion_ids.shape
     assert rollout.prompt_index.tolist() == [0] * 12 + [1] * 12 and len(rollout.completions) == n
     assert torch.equal(rollout.input_ids[:, :width], prompt_ids.repeat_interleave(12, 0))
     assert rollout.response_mask[:, :width].sum() == 0
@@ -32,8 +32,9 @@ def test_shapes_masks_and_truncation(tokenizer, tiny_model):
             assert mask.tolist() == [1] * (first + 1) + [0] * (len(mask) - first - 1)
             assert (completion[first + 1 :] == tokenizer.pad_token_id).all()
     assert 0 < int(rollout.truncated.sum()) < n  # both cases occur at this seed
-    assert (rollout.logps[rollout.response_mask[:, 1:] == 0] == 0).all()
-    assert (rollout.logps[rollout.response_mask[:, 1:] == 1] < 0).all()
+    assert torch.equal(rollout.prompt_ids, prompt_ids)  # each prompt once
+    assert (rollout.logps[rollout.completion_mask == 0] == 0).all()
+    assert (rollout.logps[rollout.completion_mask == 1] < 0).all()
     assert tiny_model.training  # eval mode only while sampling
 
 
@@ -69,9 +70,9 @@ def test_old_logps_match_generation_and_ignore_padding(tokenizer, tiny_model):
         for i in range(2):  # the same row alone, without any padding
             real = rollout.attention_mask[i].bool()
             alone = forward_logps(tiny_model, rollout.input_ids[i, real][None], torch.ones(1, int(real.sum())))
-            padded_response = rollout.response_mask[i, 1:].bool()
             alone_response = rollout.response_mask[i, real][1:].bool()
-            assert_close(rollout.logps[i, padded_response], alone[0, alone_response], atol=1e-5, rtol=1e-5)
+            ours = rollout.logps[i, rollout.completion_mask[i].bool()]
+            assert_close(ours, alone[0, alone_response], atol=1e-5, rtol=1e-5)
 
 
 def test_forward_logps_ignore_left_padding_with_absolute_positions():

@@ -14,6 +14,7 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lit_align.data.batch import Responses
 from lit_align.data.collate import StepCollator, collate_prompts, encode_prompt
 from lit_align.data.formats import FORMATS
 from lit_align.data.loader import ResumableLoader
@@ -223,6 +224,12 @@ class AlignDataModule(L.LightningDataModule):
         # global RNG, so evaluating more or less often cannot change what training draws.
         return DataLoader(dataset, batch_size=self.eval_batch_size, collate_fn=collate,
                           num_workers=self.num_workers, generator=torch.Generator())  # fmt: skip
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Typed micro-batches move their own tensors (Lightning's walk would visit every field).
+        if isinstance(batch, list) and batch and isinstance(batch[0], Responses):
+            return [micro.to(device) for micro in batch]
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def val_dataloader(self) -> DataLoader:
         return self._held_out_loader("validation")

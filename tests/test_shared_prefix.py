@@ -1,0 +1,239 @@
+"""The shared-prefix forward gives the flat forward's numbers: log-probs, every objective's loss
+and every gradient (fp32, 1e-5), with gradient checkpointing too; the chunked LM head equals a
+full log-softmax; models that cannot take a prefix cache are refused in one line."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from lit_align.data.collate import encode_group, encode_pair, encode_prompt_response
+from lit_align.data.formats import FORMATS
+from lit_align.models import logps_head
+from lit_align.models.forward import forward_logps
+from lit_align.models.logps_head import linear_logps
+from lit_align.models.response_forward import Unsupported, response_logps
+from lit_align.models.tiny import tiny_llama
+from lit_align.module import AlignModule
+from lit_align.objectives.aft import AFT
+from lit_align.objectives.dpo import DPO
+from lit_align.objectives.policy_gradient import KLPenalty
+from lit_align.objectives.ppo import PPO
+from lit_align.objectives.rloo import RLOO
+from lit_align.objectives.rm import RM
+from lit_align.objectives.sft import SFT
+from lit_align.rollout.sampler import Sampler
+
+PROMPTS = ["Ann has 3 pens. She finds 4.\n", "12+7=?\n", "Tom has 9 cups and gives 2 away.\n"]
+
+
+def _encoded(tokenizer, fmt: str) -> list[dict]:
+    """Three prompts of different lengths with responses of different lengths."""
+    if fmt == "sft":
+        return [encode_prompt_response(tokenizer, p, "7" * (1 + i), 64, 96) for i, p in enumerate(PROMPTS)]
+    if fmt == "pairs":
+        return [encode_pair(tokenizer, p, "#### " + "7" * (1 + i), "#### 1", 64, 96) for i, p in enumerate(PROMPTS)]
+    groups = []
+    for i, p in enumerate(PROMPTS):
+        chains = [{"text": "1" * (j + 1 + i), "correct": j == 0, "rank": j, "reference": j == 3} for j in range(4)]
+        groups.append(encode_group(tokenizer, p, chains, 64, 96))
+    return groups
+
+
+def _rollout(tokenizer, k=3, prepared=True):
+    """Three prompts × k samples with random per-token rollout tensors (a prepared rollout) or
+    with rewards only (one on-policy step)."""
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for i, p in enumerate(PROMPTS):
+        prompt = torch.tensor([tokenizer.bos_token_id, *tokenizer(p, add_special_tokens=False)["input_ids"]])
+        lengths = [2 + (i + j) % 4 for j in range(k)]
+        width = max(lengths)
+        mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).long()
+        row = {"prompt_ids": prompt, "response_ids": torch.randint(4, 30, (k, width), generator=gen) * mask,
+               "response_mask": mask, "rewards": torch.rand(k, generator=gen),
+               "truncated": torch.zeros(k, dtype=torch.bool)}  # fmt: skip
+        if prepared:
+            for key, scale in (("old_logps", -2.0), ("ref_logps", -2.0), ("advantages", 1.0), ("returns", 1.0),
+                               ("old_values", 0.1)):  # fmt: skip
+                row[key] = torch.rand(k, width, generator=gen) * scale * mask
+        rows.append(row)
+    return FORMATS["rollout"].collate(rows, tokenizer.pad_token_id)
+
+
+def _assert_same_grads(grads: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Every gradient equal to 1e-5 of its own scale (fp32 sums in another order differ in the
+    last bits, and IPO's summed log-ratios make gradients in the hundreds)."""
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        assert_close(grad, expected[name], rtol=1e-5, atol=1e-5 * float(expected[name].abs().max()), msg=name)
+
+
+def _loss_and_grads(module: AlignModule, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    module.zero_grad(set_to_none=True)
+    normalizer = module.objective.normalizer(batch).float()
+    out = module.objective_step(batch, normalizer)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+    return out.loss.detach(), grads
+
+
+CASES = {
+    "sft": (SFT, "sft"),
+    "dpo-sigmoid": (partial(DPO, beta=0.1), "pairs"),
+    "dpo-ipo": (partial(DPO, loss_type="ipo"), "pairs"),
+    "dpo-hinge": (partial(DPO, loss_type="hinge"), "pairs"),
+    "dpo-nll": (partial(DPO, sft_weight=1.0), "pairs"),
+    "aft-binary": (AFT, "groups"),
+    "aft-ranking": (partial(AFT, feedback="ranking"), "groups"),
+    "rloo": (partial(RLOO, KLPenalty(coef=0.1, estimator="k3", placement="loss")), "rollout"),
+    "rloo-in-step": (partial(RLOO, KLPenalty(coef=0.1)), "rollout-in-step"),
+    "ppo-shared": (partial(PPO, KLPenalty(coef=0.1), entropy_coef=0.01), "rollout"),
+    "ppo-separate": (partial(PPO, KLPenalty(coef=0.1), critic="separate"), "rollout"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_objective_gets_the_flat_forwards_loss_and_gradients(tokenizer, tiny_model, case):
+    objective, fmt = CASES[case]
+    if fmt.startswith("rollout"):
+        batch = _rollout(tokenizer, prepared=fmt == "rollout")
+    else:
+        batch = FORMATS[fmt].collate(_encoded(tokenizer, fmt), tokenizer.pad_token_id)
+    results = []
+    for shared in (True, False):
+        torch.manual_seed(0)  # the same critic head
+        module = AlignModule(copy.deepcopy(tiny_model), objective(), tokenizer, optimizer=torch.optim.SGD,
+                             shared_prefix=shared)  # fmt: skip
+        with torch.no_grad():  # a policy that moved away from its reference
+            for p in module.policy.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+        results.append(_loss_and_grads(module, batch))
+    (loss, grads), (flat_loss, flat_grads) = results
+    assert_close(loss, flat_loss, rtol=1e-5, atol=1e-6)
+    assert len(grads) >= len(list(tiny_model.parameters()))
+    _assert_same_grads(grads, flat_grads)
+
+
+def test_dpo_with_precomputed_reference_gets_the_flat_forwards_numbers(tokenizer, tiny_model):
+    batch = FORMATS["pairs"].collate(_encoded(tokenizer, "pairs"), tokenizer.pad_token_id)
+    batch.ref_logps = torch.tensor([[-30.0, -20.0], [-25.0, -21.0], [-40.0, -19.0]])
+    shared, flat = (
+        _loss_and_grads(
+            AlignModule(
+                copy.deepcopy(tiny_model),
+                DPO(precompute_ref=True),
+                tokenizer,
+                optimizer=torch.optim.SGD,
+                shared_prefix=s,
+            ),
+            batch,
+        )
+        for s in (True, False)
+    )
+    assert_close(shared[0], flat[0])
+    _assert_same_grads(shared[1], flat[1])
+
+
+def test_reward_model_scores_equal_the_flat_forward(tokenizer):
+    torch.manual_seed(0)
+    classifier = tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, head="score")
+    batch = FORMATS["pairs"].collate(_encoded(tokenizer, "pairs"), tokenizer.pad_token_id)
+    shared, flat = (
+        _loss_and_grads(
+            AlignModule(copy.deepcopy(classifier), RM(), tokenizer, optimizer=torch.optim.SGD, shared_prefix=s), batch
+        )
+        for s in (True, False)
+    )
+    assert_close(shared[0], flat[0])
+    assert len(shared[1]) == len(list(classifier.parameters()))
+    _assert_same_grads(shared[1], flat[1])
+
+
+def test_response_logps_equal_each_sequence_alone_with_gradients(tokenizer, tiny_model):
+    """Against the plainest reference: each prompt + response as its own unpadded sequence
+    through the model's full logits."""
+    batch = FORMATS["groups"].collate(_encoded(tokenizer, "groups"), tokenizer.pad_token_id)
+    weights = torch.rand(batch.response_ids.shape, generator=torch.Generator().manual_seed(0))
+    tiny_model.zero_grad()
+    out = response_logps(tiny_model, **batch.forward_inputs())
+    (out.logps * weights).sum().backward()
+    ours = {n: p.grad.clone() for n, p in tiny_model.named_parameters()}
+    tiny_model.zero_grad()
+    total, expected = 0, torch.zeros_like(out.logps)
+    for r in range(batch.num_responses):
+        p = int(batch.prompt_index[r])
+        prompt = batch.prompt_ids[p][batch.prompt_mask[p].bool()]
+        response = batch.response_ids[r][batch.response_mask[r].bool()]
+        seq = torch.cat([prompt, response])[None]
+        logps = forward_logps(tiny_model, seq, torch.ones_like(seq))[0, len(prompt) - 1 :]
+        expected[r, : len(response)] = logps.detach()
+        total = total + (logps * weights[r, : len(response)]).sum()
+    total.backward()
+    assert_close(out.logps.detach(), expected, rtol=1e-5, atol=1e-5)
+    for name, p in tiny_model.named_parameters():
+        assert_close(ours[name], p.grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_gradient_checkpointing_keeps_the_shared_prefix_exact(tokenizer, tiny_model):
+    batch = FORMATS["pairs"].collate(_encoded(tokenizer, "pairs"), tokenizer.pad_token_id)
+    plain = AlignModule(copy.deepcopy(tiny_model), DPO(sft_weight=1.0), tokenizer, optimizer=torch.optim.SGD)
+    checkpointed = AlignModule(copy.deepcopy(tiny_model), DPO(sft_weight=1.0), tokenizer, optimizer=torch.optim.SGD,
+                               gradient_checkpointing=True)  # fmt: skip
+    checkpointed.configure_model()
+    loss, grads = _loss_and_grads(plain, batch)
+    loss_ckpt, grads_ckpt = _loss_and_grads(checkpointed, batch)
+    assert_close(loss_ckpt, loss)
+    _assert_same_grads(grads_ckpt, grads)
+
+
+def test_chunked_head_equals_a_full_log_softmax(monkeypatch):
+    """Several chunks (forced small): log-probs, entropies and the gradients of hidden states
+    and weight equal plain autograd through a full log-softmax; in bf16 autocast, close."""
+    monkeypatch.setattr(logps_head, "CHUNK_BYTES", 4 * 50 * 3)  # 3 rows of a 50-token vocabulary
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(10, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 8, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 50, (10,), generator=gen)
+    upstream = torch.randn(10, generator=gen)
+    logps, entropy = linear_logps(hidden, weight, labels, entropy=True)
+    (logps * upstream).sum().backward()
+    ours = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    full = torch.log_softmax(hidden @ weight.T, dim=-1)
+    (full.gather(-1, labels[:, None]).squeeze(-1) * upstream).sum().backward()
+    assert_close(logps, full.gather(-1, labels[:, None]).squeeze(-1).detach())
+    assert_close(entropy, -(full.exp() * full).sum(-1).detach())
+    assert not entropy.requires_grad
+    assert_close(ours[0], hidden.grad)
+    assert_close(ours[1], weight.grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = linear_logps(hidden, weight, labels)
+    assert_close(low, logps.detach(), rtol=0.05, atol=0.05)
+
+
+def test_best_of_n_scoring_shares_the_prompt(tokenizer, tiny_model):
+    prompts = [[tokenizer.bos_token_id, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in PROMPTS]
+    from lit_align.data.collate import pad
+
+    ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
+    sampler = Sampler(num_samples=4, max_new_tokens=8, seed=0)
+    shared = sampler(tiny_model, tokenizer, ids, mask, shared_prefix=True)
+    flat = sampler(tiny_model, tokenizer, ids, mask, shared_prefix=False)
+    assert torch.equal(shared.completion_ids, flat.completion_ids)
+    assert_close(shared.logps, flat.logps, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_without_a_causal_cache_is_refused_in_one_line(tokenizer, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.fixtures_models import save_tiny_deberta_rm
+
+    deberta = AutoModelForSequenceClassification.from_pretrained(save_tiny_deberta_rm(tmp_path / "rm"))
+    with pytest.raises(Unsupported, match=r"^DebertaV2ForSequenceClassification .*model.shared_prefix=false$"):
+        AlignModule(deberta, RM(), tokenizer, optimizer=torch.optim.SGD)
+    assert AlignModule(deberta, RM(), tokenizer, optimizer=torch.optim.SGD, shared_prefix=False).shared_prefix is False

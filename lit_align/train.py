@@ -27,6 +27,7 @@ from rich.table import Table
 from lit_align.config import ConfigError, validate
 from lit_align.loggers import finish
 from lit_align.models.export import export_model
+from lit_align.models.response_forward import Unsupported, check_shared_prefix
 from lit_align.module import AlignModule, sequence_logps
 
 
@@ -62,6 +63,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     policy = instantiate(cfg.model.policy, tokenizer=tokenizer)
     if cfg.model.get("lora"):
         policy = instantiate(cfg.model.lora)(policy)
+    shared_prefix = cfg.model.get("shared_prefix", True)
+    if shared_prefix:
+        try:
+            check_shared_prefix(policy)
+        except Unsupported as error:  # one line on the command line, before anything runs
+            raise ConfigError(str(error)) from None
     module = AlignModule(
         policy=policy,
         objective=objective,
@@ -75,7 +82,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         eval_metrics=datamodule.eval_metrics(),
         gradient_checkpointing=cfg.model.get("gradient_checkpointing", False),
         compile_layers=cfg.model.get("compile", False),
-        shared_prefix=cfg.model.get("shared_prefix", True),
+        shared_prefix=shared_prefix,
     )
     callbacks = _instantiate_each(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the configured bar

@@ -74,9 +74,9 @@ def test_sft_stopped_twice_and_resumed_retraces_the_uninterrupted_run(tmp_path):
     _assert_same_run(resumed, reference)
 
 
-# 4 prompts × 4 samples = 16 rows = 2 steps per rollout; checkpoints at steps 3 (mid-rollout) and
-# 6 (after a rollout's last step, the next rollout already drawn).
-ONLINE = ["init=none", "rollout.num_prompts=4", "rollout.num_samples=4", "rollout.log_samples=1",
+# 4 prompts × 4 samples in steps of 2 prompts = 2 steps per rollout; checkpoints at steps 3
+# (mid-rollout) and 6 (after a rollout's last step, the next rollout already drawn).
+ONLINE = ["init=none", "rollout.num_prompts=4", "rollout.num_samples=4", "rollout.log_samples=1", "data.batch_size=2",
           "rollout.every_n_epochs=1", "trainer.max_steps=8",
           "callbacks.model_checkpoint.every_n_train_steps=3"]  # fmt: skip
 PPO = ["objective=ppo", *ONLINE, "objective.kl.controller=adaptive", "objective.kl.horizon=16"]

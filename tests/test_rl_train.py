@@ -12,14 +12,16 @@ import pytest
 from hydra.errors import InstantiationException
 from transformers import AutoModelForSequenceClassification, DebertaConfig, DebertaForSequenceClassification
 
+from lit_align.config import ConfigError
 from lit_align.models.tiny import char_tokenizer
 from lit_align.rewards.model import ModelReward
 from lit_align.train import train
-from tests.conftest import make_cfg
+from tests.conftest import losses_by_step, make_cfg
 from tests.test_online import _cli
 
-# 4 prompts × 4 samples = 16 rollout rows = 2 steps of 8 samples per update epoch.
-RL = ["init=none", "rollout.num_prompts=4", "rollout.num_samples=4", "rollout.log_samples=1"]
+# 4 prompts × 4 samples = 4 rollout rows (a prompt with its samples) = 2 steps of 2 prompts (8
+# samples) per update epoch.
+RL = ["init=none", "rollout.num_prompts=4", "rollout.num_samples=4", "rollout.log_samples=1", "data.batch_size=2"]
 
 
 def _metric_column(run_dir, key):
@@ -36,9 +38,27 @@ def test_rloo_trains_update_epochs_on_each_rollout(tmp_path):
     assert summary["objective"] == "rloo" and summary["steps"] == 6
     assert _refresh_steps(tmp_path) == [0, 4]  # a rollout, two passes of 2 steps over it, the next
     final = summary["final"]
-    assert final["rollout/buffer_rows"] == 16 == summary["data"]["data/train_rows"]
+    assert final["rollout/buffer_rows"] == 4 == summary["data"]["data/train_rows"]  # prompts, 4 samples each
     assert {"rollout/kl", "rollout/kl_coef", "rollout/frac_reward_zero_std", "rloo/kl", "rloo/clip_frac"} <= set(final)
     assert 0 <= final["rollout/frac_reward_zero_std"] <= 1
+
+
+def test_rloo_in_one_on_policy_step_skips_the_scoring_forward_and_trains_the_same(tmp_path):
+    """A rollout trained in one step by the policy that sampled it: the step's own forward gives
+    the sampling policy's and the reference's log-probs (no scoring forward at sampling: no
+    ``rollout/kl`` yet). Forcing the scoring forward (an adaptive KL whose β cannot move in two
+    rollouts) gives the same samples and the same losses."""
+    one_step = [*RL, "data.batch_size=4", "rollout.every_n_epochs=1", "trainer.max_steps=2"]
+    in_step = train(make_cfg(tmp_path / "in_step", "objective=rloo", *one_step))
+    scored = train(make_cfg(tmp_path / "scored", "objective=rloo", *one_step, "objective.kl.controller=adaptive",
+                            "objective.kl.horizon=1000000000"))  # fmt: skip
+    assert "rollout/kl" not in in_step["final"] and "rloo/kl" in in_step["final"]
+    assert "rollout/kl" in scored["final"]
+    assert _refresh_steps(tmp_path / "in_step") == _refresh_steps(tmp_path / "scored") == [0, 1]
+    losses = [losses_by_step(tmp_path / run) for run in ("in_step", "scored")]
+    assert losses[0].keys() == losses[1].keys() and len(losses[0]) == 2
+    for step, loss in losses[0].items():
+        assert loss == pytest.approx(losses[1][step], rel=1e-5, abs=1e-6), step
 
 
 def test_ppo_logs_its_diagnostics_and_adapts_the_kl_coefficient(tmp_path):
@@ -91,6 +111,10 @@ def test_reward_model_from_a_hub_style_deberta(tmp_path):
     DebertaForSequenceClassification(config).save_pretrained(tmp_path / "deberta")
     tokenizer.save_pretrained(tmp_path / "deberta")
     hub = ["model=hf", f"model.name_or_path={tmp_path / 'deberta'}", "data.num_train=64", "data.num_val=8"]
+    # An encoder attends from the prompt to the response: no prompt can be computed once for two.
+    with pytest.raises(ConfigError, match="DebertaForSequenceClassification takes no KV cache"):
+        train(make_cfg(tmp_path / "refused", "objective=rm", "init=none", *hub, "data.num_test=8"))
+    hub.append("model.shared_prefix=false")
     summary = train(make_cfg(tmp_path / "rm", "objective=rm", "init=none", *hub, "data.num_test=8"))
     assert "val/rm/accuracy" in summary["final"] and summary["steps"] == 6
     trained = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "model")

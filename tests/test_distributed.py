@@ -90,9 +90,9 @@ def test_sharded_checkpoint_resumes_the_run(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_rloo_samples_on_each_rank(tmp_path, strategy):
-    # 4 prompts × 4 samples: 2 prompts per rank, gathered into one 16-row rollout on every rank.
+    # 4 prompts × 4 samples: 2 prompts per rank, gathered into one 4-row (prompt) rollout on every rank.
     rl = ["objective=rloo", "init=none", "rollout.num_prompts=4", "rollout.num_samples=4", "trainer.max_steps=2"]
     _two(tmp_path, strategy, *rl)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["final"]["rollout/buffer_rows"] == 16 and summary["steps"] == 2
+    assert summary["final"]["rollout/buffer_rows"] == 4 and summary["steps"] == 2
     assert all(map(torch.isfinite, map(torch.tensor, losses_by_step(tmp_path).values())))

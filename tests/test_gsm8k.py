@@ -60,4 +60,4 @@ def test_sft_and_rloo_train_on_it(tmp_path):
     assert sft["steps"] == 2 and "test/accuracy" in sft["final"]
     rl = ["objective=rloo", "init=none", "rollout.num_prompts=2", "rollout.num_samples=2", "rollout.every_n_epochs=1"]
     rloo = train(make_cfg(tmp_path / "rloo", *data, *rl, "trainer.max_steps=2", "eval.before_train=false"))
-    assert rloo["steps"] == 2 and rloo["final"]["rollout/buffer_rows"] == 4
+    assert rloo["steps"] == 2 and rloo["final"]["rollout/buffer_rows"] == 2  # prompts, each with its 2 samples

@@ -34,8 +34,8 @@ from tests.fixtures_models import (
     save_tiny_qwen,
 )
 
-# 4 prompts × 4 samples = 16 rollout rows = 2 steps of 8, every sample logged.
-RL = ["init=none", "rollout.num_prompts=4", "rollout.num_samples=4", "rollout.log_samples=16"]
+# 4 prompts × 4 samples = 2 steps of 2 prompts (8 samples) per rollout, every sample logged.
+RL = ["init=none", "rollout.num_prompts=4", "rollout.num_samples=4", "rollout.log_samples=16", "data.batch_size=2"]
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,9 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     names: set[str] = set()
     for module in model.modules():
         names |= set(getattr(module, "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in names]
+    # Matched along the class's bases too: FSDP2 swaps a sharded layer's class for a subclass
+    # (FSDPLlamaDecoderLayer), which the module still is.
+    layers = [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
     if not layers:
         raise ValueError(f"{type(model).__name__} names no decoder layer class in _no_split_modules; cannot shard it")
     return layers

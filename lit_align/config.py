@@ -37,6 +37,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 _TYPES: dict[str, Any] = {
     "seed": int,
     "ckpt_path": str | None,
+    "force_resume": bool,
     "grad_clip": float | None,
     "max_bad_steps": int,
     "eval.before_train": bool,

@@ -27,6 +27,11 @@ class BadRow(ValueError):
         self.reason = reason
 
 
+class DataError(ValueError):
+    """A data source that cannot be read at all (missing, empty, unparseable, not reachable);
+    reported in one line."""
+
+
 def bad_row(source: str, index: int, reason: str, what: str) -> BadRow:
     """A `BadRow` of class ``reason`` whose message names ``source`` and row ``index``."""
     return BadRow(reason, f"{source}: row {index}: {what}")

@@ -201,6 +201,11 @@ class AlignModule(L.LightningModule):
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=rows)
         self.log("train/loss", loss, prog_bar=True, batch_size=rows, sync_dist=True)  # as it was: NaN or inf
         if self.bad_in_a_row >= self.max_bad_steps:
+            # Lightning writes a step's logs once the step ends; this one ends the run: write them now.
+            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss": loss.item(), "train/skipped_steps": float(self.skipped_steps)}, step)
+                logger.save()
             raise NonFiniteStop(
                 f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient (after optimizer "
                 f"step {self.global_step}); stopping with the last finite weights. Lower optimizer.lr, "

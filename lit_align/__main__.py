@@ -35,6 +35,10 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(f"lit_align: {error}")
     except (NonFiniteStop, WriteFailed) as error:  # the run stopped; what it could keep is written
         sys.exit(f"lit_align: {error}")
+    except FileNotFoundError as error:  # a data file or folder that is not there
+        if not _raised_by_lit_align(error):
+            raise
+        sys.exit(f"lit_align: {error}")
     except Interrupted as stop:
         # A scheduler reads 128 + signum as "killed by that signal"; the checkpoint is written.
         print(f"lit_align: {stop}. Resume: the same command with hydra.run.dir={cfg.paths.output_dir} "

@@ -8,17 +8,21 @@ from pathlib import Path
 
 import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from lit_align.callbacks.preemption import Interrupted
+from lit_align.checkpointing import WriteFailed
 from lit_align.config import ConfigError
-from lit_align.data.rows import BadRow
+from lit_align.data.rows import BadRow, DataError
+from lit_align.module import NonFiniteStop
+from lit_align.resume import config_subdir
 from lit_align.train import train
 
 # conf/ sits beside the package in a checkout and inside it in a wheel (see pyproject.toml).
 _HERE = Path(__file__).resolve().parent
 CONF_DIR = next((p for p in (_HERE / "conf", _HERE.parent / "conf") if p.is_dir()), _HERE.parent / "conf")
+OmegaConf.register_new_resolver("lit_align_config_subdir", config_subdir, replace=True)  # hydra.output_subdir
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -27,7 +31,13 @@ def main(cfg: DictConfig) -> float | None:
     sweeper such as Optuna's, or None."""
     try:
         summary = train(cfg)
-    except (ConfigError, MissingMandatoryValue, BadRow) as error:  # BadRow names the file and row
+    except (ConfigError, MissingMandatoryValue, BadRow, DataError) as error:  # BadRow names the file and row
+        sys.exit(f"lit_align: {error}")
+    except (NonFiniteStop, WriteFailed) as error:  # the run stopped; what it could keep is written
+        sys.exit(f"lit_align: {error}")
+    except FileNotFoundError as error:  # a data file or folder that is not there
+        if not _raised_by_lit_align(error):
+            raise
         sys.exit(f"lit_align: {error}")
     except Interrupted as stop:
         # A scheduler reads 128 + signum as "killed by that signal"; the checkpoint is written.

@@ -13,6 +13,7 @@ one would have.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -24,10 +25,40 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
+class WriteFailed(OSError):
+    """A checkpoint, model or summary could not be written (a full disk, a quota); reported in
+    one line naming the path. What was half-written has been removed."""
+
+
+def write_failure(path: Path, error: BaseException) -> WriteFailed:
+    """A `WriteFailed` for ``path`` saying the OS error behind ``error`` (torch reports a full
+    disk as a RuntimeError about zip positions, with the OSError only in its context)."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        reason = f"{cause.strerror or os.strerror(cause.errno)} ({errno.errorcode.get(cause.errno, cause.errno)})"
+    else:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return WriteFailed(f"could not write {path}: {reason}; free space there (or pick another run dir) and resume")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes ``path`` whole or not at all: a temporary file beside it, renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise write_failure(path, error) from error
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves a local checkpoint to ``<name>.tmp`` in the target's directory, fsyncs it and
     renames it over the target, so the target is always either the old or the new checkpoint.
-    Remote paths (``s3://`` …) keep Lightning's writer."""
+    A failed write (a full disk) removes the temporary file and raises `WriteFailed`. Remote
+    paths (``s3://`` …) keep Lightning's writer."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if "://" in str(path):
@@ -36,11 +67,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with tmp.open("wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as error:  # torch wraps a full disk in a RuntimeError
+            tmp.unlink(missing_ok=True)
+            raise write_failure(path, error) from error
 
 
 def rng_states() -> dict[str, Any]:

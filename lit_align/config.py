@@ -37,6 +37,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 _TYPES: dict[str, Any] = {
     "seed": int,
     "ckpt_path": str | None,
+    "force_resume": bool,
     "grad_clip": float | None,
     "max_bad_steps": int,
     "eval.before_train": bool,
@@ -132,6 +133,17 @@ def _check_online(cfg: DictConfig, rollout: DictConfig, name: str, batch_format:
         raise ConfigError(
             f"rollout=online samples from the data's training prompts, but {data.__name__} has none "
             "(its rows come with their responses): set rollout=none"
+        )
+    k = rollout.get("num_samples", 1)
+    if name == "objective=rloo" and k < 2:
+        raise ConfigError(
+            f"objective=rloo's baseline is the mean reward of a prompt's other samples, so it needs "
+            f"rollout.num_samples >= 2 (got {k}: every advantage would be 0)"
+        )
+    if batch_format in ("pairs", "groups") and k < 2 and not rollout.get("include_reference", False):
+        raise ConfigError(
+            f"{name} learns from {batch_format} of a prompt's samples: set rollout.num_samples >= 2 (got {k}), "
+            "or rollout.include_reference=true"
         )
     if batch_format == "rollout":  # what `OnlineSampling.setup` refuses, here before the SFT stage
         if not rollout.get("every_n_epochs"):

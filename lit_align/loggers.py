@@ -25,9 +25,8 @@ class _AppendingWriter(ExperimentWriter):
 
 class AppendingCSVLogger(CSVLogger):
     """Lightning's CSV logger, except that it appends to an existing ``metrics.csv``: a run
-    resumed in its run directory (``ckpt_path=last``) keeps the rows the interrupted run wrote.
-    Steps an interrupted run logged after its last checkpoint appear twice; the later rows are
-    the resumed run's."""
+    resumed in its run directory (``ckpt_path=last``) keeps the rows the interrupted run wrote
+    (`lit_align.resume.drop_history_after` has removed those logged after its checkpoint)."""
 
     @property
     @rank_zero_experiment

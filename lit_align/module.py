@@ -160,7 +160,7 @@ class AlignModule(L.LightningModule):
         loss, metrics = self._over_micro_batches(batch, normalizer, backward=True)
         rows = sum(micro.num_responses for micro in batch)
         if not self._finite(loss):
-            self._skip_step(optimizer, rows)
+            self._skip_step(optimizer, rows, loss)
             return
         self.bad_in_a_row = 0
         if self.grad_clip:
@@ -199,7 +199,7 @@ class AlignModule(L.LightningModule):
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
         return bool(bad == 0)
 
-    def _skip_step(self, optimizer: Any, rows: int) -> None:
+    def _skip_step(self, optimizer: Any, rows: int, loss: Tensor) -> None:
         """Drops a step with a non-finite loss or gradient: no optimizer or scheduler step (the
         weights, the moments and the step count stay), counted in ``train/skipped_steps``; after
         ``max_bad_steps`` in a row the run stops, since the model or the data is broken."""
@@ -207,8 +207,14 @@ class AlignModule(L.LightningModule):
         self.skipped_steps += 1
         self.bad_in_a_row += 1
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=rows)
+        self.log("train/loss", loss, prog_bar=True, batch_size=rows, sync_dist=True)  # as it was: NaN or inf
         if self.bad_in_a_row >= self.max_bad_steps:
-            raise FloatingPointError(
+            # Lightning writes a step's logs once the step ends; this one ends the run: write them now.
+            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss": loss.item(), "train/skipped_steps": float(self.skipped_steps)}, step)
+                logger.save()
+            raise NonFiniteStop(
                 f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient (after optimizer "
                 f"step {self.global_step}); stopping with the last finite weights. Lower optimizer.lr, "
                 "check the data, or raise max_bad_steps."
@@ -389,6 +395,10 @@ class AlignModule(L.LightningModule):
         strategy = self._trainer.strategy if self._trainer is not None else None
         fsdp1 = isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "sharded"
         return self._device_mesh is not None or fsdp1
+
+
+class NonFiniteStop(FloatingPointError):
+    """``max_bad_steps`` steps in a row were not finite; the weights are the last finite ones."""
 
 
 def require_finite(module: torch.nn.Module, what: str) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import resource
 import time
 import warnings
+from contextlib import nullcontext
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
@@ -18,27 +20,60 @@ import lightning as L
 import torch
 import transformers
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
+from lit_align.checkpointing import write_text_atomic
 from lit_align.config import ConfigError, validate
 from lit_align.loggers import finish
 from lit_align.models.export import export_model
 from lit_align.models.response_forward import Unsupported, check_shared_prefix
-from lit_align.module import AlignModule, sequence_logps
+from lit_align.module import AlignModule, NonFiniteStop, sequence_logps
+from lit_align.resume import (
+    RunRecord,
+    check_same_settings,
+    checkpoint_path,
+    drop_history_after,
+    read_checkpoint,
+    resolved,
+)
+from lit_align.runlock import run_lock
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Builds everything from ``cfg``, evaluates, fits, tests, exports; returns the summary.
 
-    Order matters: the config is checked and the datamodule constructed (which checks its own
+    Order matters: the config is checked, the run directory locked, a checkpoint to resume from
+    read and compared with this config, and the datamodule constructed (which checks its own
     arguments) before any model is built, so a bad value fails in seconds.
     """
     started = time.perf_counter()
     validate(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # One process per run directory; the ranks of a data-parallel run share it (rank 0 locks).
+    with run_lock(out_dir) if rank_zero_only.rank == 0 else nullcontext():
+        return _train(cfg, out_dir, started)
+
+
+def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
+    config = resolved(cfg)
+    checkpoint_dir = Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+                          or out_dir / "checkpoints")  # fmt: skip
+    ckpt_path = checkpoint_path(cfg.get("ckpt_path"), checkpoint_dir)
+    record: dict[str, Any] = {}
+    if ckpt_path is not None:
+        checkpoint = read_checkpoint(ckpt_path)
+        check_same_settings(checkpoint, ckpt_path, cfg, config)
+        if (done := _finished(checkpoint, cfg, out_dir)) is not None:
+            return done
+        record = checkpoint.get("lit_align") or {}
+        if checkpoint and rank_zero_only.rank == 0:
+            drop_history_after(out_dir, checkpoint)
+        del checkpoint
     init = None
     if cfg.get("init") and not cfg.model.get("name_or_path"):
         init = _sft_start(cfg)
@@ -50,8 +85,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
     # Lightning logs by global step; an online run's short epochs (one rollout each) still log.
     warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     objective = instantiate(cfg.objective)
@@ -91,6 +124,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     online = bool(cfg.get("rollout")) and "_target_" in cfg.rollout
     if online:  # online sampling: the training rows come from the policy, scored by the reward
         callbacks.append(instantiate(cfg.rollout, reward=instantiate(cfg.reward)))
+    run_record = RunRecord(config, record.get("start", {}))
+    callbacks.append(run_record)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_each(cfg.get("logger")), callbacks=callbacks)
     for logger in trainer.loggers:  # the whole resolved config: W&B's run config, the CSV's hparams.yaml
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -102,22 +137,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             partial(sequence_logps, policy.to(trainer.strategy.root_device), shared=module.shared_prefix)
         )
 
-    start: dict[str, float] = {}
-    if cfg.eval.before_train:
-        start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
-    # weights_only: a checkpoint is tensors, numbers and strings; loading one runs no code.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    if cfg.eval.before_train and ckpt_path is None:  # a resumed run keeps the start its checkpoint holds
+        run_record.start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+    summary = {
+        "objective": type(objective).__name__.lower(), "seed": cfg.seed, "init": init, "start": run_record.start,
+    }  # fmt: skip
+    try:
+        # weights_only: a checkpoint is tensors, numbers and strings; loading one runs no code.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except NonFiniteStop as stop:
+        # The weights are the last finite ones (a skipped step changes nothing): keep them.
+        checkpoint = checkpoint_dir / "last.ckpt"
+        trainer.save_checkpoint(checkpoint, weights_only=False)
+        final = {k: v for k, v in _floats(trainer.callback_metrics).items() if math.isfinite(v)}
+        summary |= _totals(trainer, module, datamodule, started) | {"final": final, "stopped": str(stop)}
+        _write_results(summary, module, tokenizer, trainer, out_dir)
+        raise NonFiniteStop(f"{stop} Saved the last finite weights: {checkpoint}, {out_dir / 'model'} "
+                            "(summary.json records the stop)") from None  # fmt: skip
+    checkpointer = trainer.checkpoint_callback
+    if isinstance(checkpointer, ModelCheckpoint) and checkpointer._last_global_step_saved != trainer.global_step:
+        # The final step, when max_steps is not a multiple of every_n_train_steps: a finished
+        # run's checkpoint is its end, and resuming it does nothing.
+        trainer.save_checkpoint(Path(checkpointer.dirpath) / "last.ckpt", weights_only=False)
     final = _floats(trainer.callback_metrics)
     if module.validated_at_step != trainer.global_step:  # evaluate the weights we export
         final |= _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
     final |= _floats(trainer.test(module, datamodule=datamodule, verbose=False)[0])
+    summary |= {"final": final} | _totals(trainer, module, datamodule, started) | {"stopped": None}
+    _write_results(summary, module, tokenizer, trainer, out_dir)
+    _print_summary(summary, out_dir)
+    finish(trainer.loggers)
+    return summary
 
-    summary = {
-        "objective": type(objective).__name__.lower(),
-        "seed": cfg.seed,
-        "init": init,
-        "start": start,
-        "final": final,
+
+def _totals(trainer: L.Trainer, module: AlignModule, datamodule: Any, started: float) -> dict[str, Any]:
+    return {
         "steps": trainer.global_step,
         "skipped_steps": module.skipped_steps,
         "data": datamodule.stats,
@@ -125,11 +179,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_tokens_per_s": round(module.train_tokens / max(module.train_seconds, 1e-9), 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+def _write_results(summary: dict[str, Any], module: AlignModule, tokenizer: Any, trainer: L.Trainer,
+                   out_dir: Path) -> None:  # fmt: skip
+    """``model/``, then ``summary.json``: each whole or absent, so a run directory with a
+    summary has its model."""
     export_model(module.policy, tokenizer, out_dir / "model", trainer.is_global_zero, root=trainer.strategy.model)
     if trainer.is_global_zero:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _print_summary(summary, out_dir)
-    finish(trainer.loggers)
+        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _finished(checkpoint: dict[str, Any], cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The summary of the run ``checkpoint`` ended, if it did: resuming a finished run (a
+    requeued job that had completed) does nothing but say so."""
+    summary_file = out_dir / "summary.json"
+    step, max_steps = checkpoint.get("global_step", -1), cfg.trainer.get("max_steps", -1)
+    if not (0 < max_steps <= step and summary_file.is_file()):
+        return None
+    summary = json.loads(summary_file.read_text())
+    if summary.get("steps") != step or summary.get("stopped"):
+        return None
+    if rank_zero_only.rank == 0:
+        print(f"lit_align: the run in {out_dir} finished at step {step} (summary.json, model/); nothing to do")
     return summary
 
 

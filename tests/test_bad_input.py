@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lit_align.data.files import ChatDataModule, CotRankingDataModule, PreferenceDataModule
+from lit_align.data.rows import BadRow, DataError
 
 LIMITS = {"max_prompt_length": 16, "max_length": 40}  # the char tokenizer: one token per character
 MODULES = {"preference": PreferenceDataModule, "chat": ChatDataModule, "cot_ranking": CotRankingDataModule}
@@ -27,7 +28,7 @@ GOOD = {
         for i in range(6)
     ],
 }
-BAD_AT = 3  # the bad line sits between GOOD[:3] and GOOD[3:], so its row index is 3
+BAD_AT = 3  # the bad line sits between GOOD[:3] and GOOD[3:], so its row index is 3: line 4
 
 
 def _row(kind: str, **fields) -> bytes:
@@ -160,7 +161,7 @@ def _texts(kind: str, row: dict) -> object:
 def test_bad_row_fails_naming_the_file_and_row(tokenizer, tmp_path, name, kind, bad, reason, message):
     source = _write(tmp_path / f"{kind}.jsonl", kind, bad)
     dm = _datamodule(tokenizer, kind, source, **{OPTION.get(reason, "on_bad_row"): "error"})
-    with pytest.raises(ValueError, match=rf"^{re.escape(source)}: row {BAD_AT}: {message}") as error:
+    with pytest.raises(ValueError, match=rf"^{re.escape(source)}: line {BAD_AT + 1}: {message}") as error:
         dm.setup()
     assert "\n" not in str(error.value) and error.value.reason == reason
     assert f"data.{OPTION.get(reason, 'on_bad_row')}=skip" in str(error.value)  # says how to go on
@@ -172,7 +173,9 @@ def test_bad_row_is_skipped_counted_and_the_good_rows_kept_intact(
 ):
     source = _write(tmp_path / f"{kind}.jsonl", kind, bad)
     dm = _datamodule(tokenizer, kind, source, **{OPTION.get(reason, "on_bad_row"): "skip"})
-    with pytest.warns(UserWarning, match=rf"skipped 1 rows .*\({reason} 1\); the first: .*row {BAD_AT}: {message}"):
+    with pytest.warns(
+        UserWarning, match=rf"skipped 1 rows .*\({reason} 1\); the first: .*line {BAD_AT + 1}: {message}"
+    ):
         splits = dm.build_splits()
     assert dm.stats == {"data/dropped_rows": 1, f"data/dropped_rows/{reason}": 1}
     kept = [*splits["validation"], *splits["test"], *splits["train"]]  # the file's order: held out first
@@ -205,7 +208,7 @@ def test_skipped_rows_are_named_by_their_own_file_in_a_folder(tokenizer, tmp_pat
     folder.mkdir()
     _write(folder / "a.jsonl", "preference")
     second = _write(folder / "b.jsonl", "preference", b"{")
-    with pytest.raises(ValueError, match=rf"^{re.escape(second)}: row {BAD_AT}: not valid JSON"):
+    with pytest.raises(ValueError, match=rf"^{re.escape(second)}: line {BAD_AT + 1}: not valid JSON"):
         _datamodule(tokenizer, "preference", str(folder)).setup()
     dm = _datamodule(tokenizer, "preference", str(folder), on_bad_row="skip")
     with pytest.warns(UserWarning, match="malformed_json 1"):
@@ -216,7 +219,7 @@ def test_blank_lines_crlf_and_a_byte_order_mark_are_read(tokenizer, tmp_path):
     lines = [json.dumps(r).encode() for r in GOOD["preference"]]
     path = tmp_path / "p.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join([*lines[:2], b"", b"{", *lines[2:]]) + b"\r\n\r\n")
-    with pytest.raises(ValueError, match=r"p\.jsonl: row 3: not valid JSON"):  # the index is the line's
+    with pytest.raises(ValueError, match=r"p\.jsonl: line 4: not valid JSON"):  # the line's 1-based number
         _datamodule(tokenizer, "preference", str(path)).setup()
     dm = _datamodule(tokenizer, "preference", str(path), on_bad_row="skip", num_val=0, num_test=0)
     with pytest.warns(UserWarning):
@@ -234,7 +237,7 @@ def test_a_json_array_file_is_read_and_its_bad_rows_named(tokenizer, tmp_path):
     ]
     wrong = tmp_path / "w.json"
     wrong.write_text(json.dumps([*GOOD["preference"][:2], {**GOOD["preference"][2], "chosen": 7}]))
-    with pytest.raises(ValueError, match=rf"{re.escape(str(wrong))}: row 2: 'chosen' must be text"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(wrong))}: row 2 \(0-based\): 'chosen' must be text"):
         _datamodule(tokenizer, "preference", str(wrong)).setup()
     broken = tmp_path / "b.json"
     broken.write_text(json.dumps(GOOD["preference"], indent=2)[:-3])
@@ -253,7 +256,7 @@ def test_a_ranked_group_loses_only_its_empty_chains_and_sft_needs_a_correct_one(
     assert groups[1]["responses"] == [{"text": "#### 1", "correct": False, "rank": 1, "reference": False}]
     assert len(groups) == 5 and dm.stats["data/empty_responses"] == 1  # not the skipped row's empty chain
     dm = _datamodule(tokenizer, "cot_ranking", str(tmp_path / "r.jsonl"), batch_format="sft", on_long="skip")
-    with pytest.warns(UserWarning, match=r"\(no_correct_response 2\).*row 1: no correct response"):
+    with pytest.warns(UserWarning, match=r"\(no_correct_response 2\).*line 2: no correct response"):
         dm.build_splits()
     assert dm.stats["data/dropped_rows"] == 2
 
@@ -275,6 +278,91 @@ def test_the_cli_reports_a_bad_row_in_one_line(tmp_path):
     )  # fmt: skip
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
-        f"lit_align: {source}: row 4: not valid JSON (Expecting ',' delimiter at column 34); "
+        f"lit_align: {source}: line 5: not valid JSON (Expecting ',' delimiter at column 34); "
         "data.on_bad_row=skip skips such rows"
     )
+
+
+# (id, the file data.source names, its content, the error, what its one line says)
+SOURCES = [
+    ("empty-jsonl", "p.jsonl", b"", DataError, r"p\.jsonl: the file is empty \(no rows\)$"),
+    ("blank-json", "p.json", b"\xef\xbb\xbf\n  \n", DataError, r"p\.json: the file is empty \(no rows\)$"),
+    ("missing-file", None, None, FileNotFoundError, r"^data file not found: .*nowhere\.jsonl$"),
+    (
+        "broken-array",
+        "p.json",
+        b'[{"prompt": "1+1=", "chosen": "2", "rejected": "3"},\n {"prompt": 1+1}]',
+        DataError,
+        r"p\.json: line 2: not valid JSON \(Expecting ',' delimiter\); a JSON array is read whole",
+    ),
+    (
+        "duplicate-key-in-array",
+        "p.json",
+        b'[{"prompt": "1+1=", "chosen": "2", "rejected": "3", "chosen": "3"}]',
+        DataError,
+        r"p\.json: not valid JSON \(duplicate key 'chosen'\)",
+    ),
+    ("offline-hub-name", "org/no-such-dataset", None, DataError, r"^org/no-such-dataset: no such local file or folder"),
+]
+
+
+@pytest.mark.parametrize("name,file,content,error,message", SOURCES, ids=[s[0] for s in SOURCES])
+def test_a_source_that_cannot_be_read_fails_in_one_line(tokenizer, tmp_path, name, file, content, error, message):
+    source = str(tmp_path / "nowhere.jsonl") if file is None else file
+    if content is not None:
+        source = str(tmp_path / file)
+        Path(source).write_bytes(content)
+    with pytest.raises(error, match=message) as info:
+        _datamodule(tokenizer, "preference", source).setup()
+    assert "\n" not in str(info.value)
+
+
+def test_an_upper_case_suffix_is_a_local_file(tokenizer, tmp_path):
+    source = _write(tmp_path / "PAIRS.JSONL", "preference")
+    dm = _datamodule(tokenizer, "preference", source, num_val=0, num_test=0)
+    assert len(dm.build_splits()["train"]) == len(GOOD["preference"])
+
+
+def test_identical_pairs_and_duplicate_keys_are_counted_not_trained_on(tokenizer, tmp_path):
+    same = _row("preference", chosen="#### 9", rejected="#### 9")
+    twice = b'{"prompt": "1+1=", "chosen": "#### 2", "rejected": "#### 3", "rejected": "#### 2"}'
+    lines = [json.dumps(r).encode() for r in GOOD["preference"]]
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join([*lines[:2], same, twice, *lines[2:]]) + b"\n")
+    dm = _datamodule(tokenizer, "preference", str(tmp_path / "p.jsonl"), on_bad_row="skip", num_val=0, num_test=0)
+    with pytest.warns(UserWarning, match=r"\(identical_pair 1, malformed_json 1\); the first: .*line 3: 'chosen' is"):
+        train = dm.build_splits()["train"]
+    assert [_texts("preference", r) for r in train] == [_texts("preference", r) for r in GOOD["preference"]]
+    assert dm.stats == {
+        "data/dropped_rows": 2, "data/dropped_rows/identical_pair": 1, "data/dropped_rows/malformed_json": 1,
+    }  # fmt: skip
+    with pytest.raises(BadRow, match=r"p\.jsonl: line 4: not valid JSON \(duplicate key 'rejected'\)"):
+        _datamodule(tokenizer, "preference", str(tmp_path / "p.jsonl")).setup()
+
+
+def test_files_a_folder_does_not_read_are_named(tokenizer, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _write(folder / "a.jsonl", "preference")
+    (folder / "b.csv").write_text("prompt,chosen,rejected\n")
+    (folder / "notes.txt").write_text("")
+    (folder / ".hidden").write_text("")
+    dm = _datamodule(tokenizer, "preference", str(folder), num_val=0, num_test=0)
+    with pytest.warns(
+        UserWarning, match=r"ignored 2 entries that are not .json, .jsonl or .parquet files: b.csv, notes"
+    ):
+        assert len(dm.build_splits()["train"]) == len(GOOD["preference"])
+
+
+def test_the_cli_reports_an_empty_or_missing_data_file_in_one_line(tmp_path):
+    empty = tmp_path / "pairs.jsonl"
+    empty.write_text("")
+    gone = tmp_path / "gone.jsonl"
+    for source, last in ((empty, f"lit_align: {empty}: the file is empty (no rows)"),
+                         (gone, f"lit_align: data file not found: {gone}")):  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "lit_align", "objective=dpo", "data=preference", f"data.source={source}",
+             f"hydra.run.dir={tmp_path / 'run'}", "eval.before_train=false"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert out.stderr.strip().splitlines()[-1] == last

@@ -130,7 +130,7 @@ def test_chat_datamodule_reads_messages_drops_empty_and_refuses_pairs(tmp_path):
     assert "loss_mask" in dm.splits["validation"].column_names  # held-out: scored by the objective
     with pytest.raises(ValueError, match="data=preference"):
         ChatDataModule(tokenizer, source=source, batch_format="pairs").setup()
-    with pytest.raises(ValueError, match=r"row 0: missing field 'messages'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl: line 1: missing field 'messages'"):
         ChatDataModule(tokenizer, source=_jsonl(tmp_path / "bad.jsonl", [{"text": "x"}])).setup()
 
 

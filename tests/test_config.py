@@ -72,6 +72,23 @@ def test_incompatible_combinations_are_refused_in_one_line(tmp_path):
     validate(make_cfg(tmp_path, "objective=dpo", "rollout=online"))  # without it: fine
 
 
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["objective=rloo", "rollout.num_samples=1"], r"objective=rloo's baseline .* >= 2 \(got 1: every advantage"),
+        (["objective=dpo", "rollout=online", "rollout.num_samples=1", "rollout.include_reference=false"],
+         r"objective=dpo learns from pairs of a prompt's samples: set rollout.num_samples >= 2 \(got 1\)"),
+        (["objective=aft", "rollout.num_samples=1", "rollout.include_reference=false"],
+         r"objective=aft learns from groups"),
+    ],
+)  # fmt: skip
+def test_degenerate_sampling_is_refused_before_anything_is_built(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(tmp_path, *overrides))
+    two = [o.replace("num_samples=1", "num_samples=2") for o in overrides]
+    validate(make_cfg(tmp_path, *two))  # two samples: fine
+
+
 def test_defaults_are_valid(tmp_path):
     validate(make_cfg(tmp_path, fast=False))
 

@@ -4,14 +4,19 @@ were, and a run whose steps keep failing stops with a message."""
 from __future__ import annotations
 
 import csv
+import json
+import math
+import subprocess
+import sys
 
 import lightning as L
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from lit_align.module import AlignModule
+from lit_align.module import AlignModule, NonFiniteStop
 from lit_align.train import train
-from tests.conftest import make_cfg
+from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL, make_cfg
 
 
 def poison(monkeypatch, bad_calls: set[int]) -> None:
@@ -61,6 +66,35 @@ def test_a_run_whose_steps_keep_failing_stops(tmp_path, monkeypatch):
     poison(monkeypatch, set(range(100)))
     with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss or gradient"):
         train(make_cfg(tmp_path))
+
+
+def test_a_run_that_stops_keeps_its_last_finite_weights_and_says_why(tmp_path, monkeypatch):
+    poison(monkeypatch, set(range(4, 100)))  # four good steps, then three bad ones in a row
+    with pytest.raises(NonFiniteStop, match=r"^3 steps in a row .* Saved the last finite weights: .*last.ckpt, "):
+        train(make_cfg(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["skipped_steps"] == 3
+    assert summary["stopped"].startswith("3 steps in a row had a non-finite loss or gradient (after optimizer step 4)")
+    checkpoint = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    exported = load_file(tmp_path / "model/model.safetensors")
+    for name, tensor in exported.items():  # the export is the checkpoint's policy, all finite
+        assert tensor.equal(checkpoint["state_dict"][f"policy.{name}"]) and torch.isfinite(tensor).all(), name
+    with (tmp_path / "metrics.csv").open() as f:
+        losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
+    assert len(losses) == 7 and all(map(math.isfinite, losses[:4])) and all(map(math.isnan, losses[4:]))
+
+
+def test_the_cli_stops_a_diverging_run_in_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [*FAST, *SMALL_MODEL, *SMALL_DATA, "optimizer.lr=1e30", "eval.before_train=false",
+                 f"hydra.run.dir={run_dir}"]  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "lit_align", *overrides], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("lit_align: 3 steps in a row had a non-finite loss")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["skipped_steps"] == 3 and summary["stopped"]
+    assert (run_dir / "checkpoints/last.ckpt").is_file() and (run_dir / "model/model.safetensors").is_file()
 
 
 def _with(extra: L.Callback):

@@ -38,7 +38,7 @@ def test_preference_text_rows_and_bad_rows(tokenizer, tmp_path):
 
     missing = tmp_path / "missing.jsonl"
     _jsonl(missing, [PAIRS[0], {"prompt": "q", "chosen": "a"}])
-    with pytest.raises(ValueError, match=rf"{missing}: row 1: missing field 'rejected'"):
+    with pytest.raises(ValueError, match=rf"{missing}: line 2: missing field 'rejected'"):
         PreferenceDataModule(tokenizer, source=str(missing), batch_format="pairs").setup()
     with pytest.raises(FileNotFoundError, match="data file not found"):
         PreferenceDataModule(tokenizer, source=str(tmp_path / "nope.jsonl")).setup()
@@ -102,9 +102,9 @@ def test_cot_ranking_rows(tokenizer, tmp_path):
     assert dm.train_split()[0]["rank"] == [0, 1]
 
     bad = [{"question": "q", "responses": [{"text": "a"}]}]
-    with pytest.raises(ValueError, match=r"row 0: response 0 needs 'text' and 'correct' or 'rank'"):
+    with pytest.raises(ValueError, match=r"line 1: response 0 needs 'text' and 'correct' or 'rank'"):
         CotRankingDataModule(tokenizer, source=_jsonl(tmp_path / "bad.jsonl", bad), batch_format="groups").setup()
-    with pytest.raises(ValueError, match=r"row 0: missing field 'responses'"):
+    with pytest.raises(ValueError, match=r"line 1: missing field 'responses'"):
         CotRankingDataModule(tokenizer, source=_jsonl(tmp_path / "q.jsonl", [{"question": "q"}])).setup()
 
 

@@ -39,7 +39,7 @@ def test_sft_rows_held_out_answers_and_the_prompt_set(tmp_path, tokenizer):
 
 def test_an_answer_without_a_final_number_is_a_bad_row(tmp_path, tokenizer):
     rows = [*ROWS[:6], {"question": "How many?", "answer": "Three."}, *ROWS[6:]]
-    with pytest.raises(BadRow, match=r"gsm8k.jsonl: row 6: 'answer' must end with '#### <final answer>'"):
+    with pytest.raises(BadRow, match=r"gsm8k.jsonl: line 7: 'answer' must end with '#### <final answer>'"):
         Gsm8kDataModule(tokenizer, source=_fixture(tmp_path, rows), num_val=2, num_test=2).setup()
     data = Gsm8kDataModule(tokenizer, source=_fixture(tmp_path, rows), num_val=2, num_test=2, on_bad_row="skip")
     data.setup()

@@ -142,7 +142,7 @@ def test_ultrafeedback_bad_rows_fail_naming_the_row_and_ties_stay_by_default(tok
     with pytest.raises(BadRow) as error:
         PreferenceDataModule(tokenizer, source=str(ULTRAFEEDBACK), batch_format="pairs").setup()
     assert str(error.value) == (
-        f"{ULTRAFEEDBACK}: row 5: 'chosen' and 'rejected' must share the turns before the last; "
+        f"{ULTRAFEEDBACK}: line 6: 'chosen' and 'rejected' must share the turns before the last; "
         "data.on_bad_row=skip skips such rows"
     )
     data = PreferenceDataModule(tokenizer, source=str(ULTRAFEEDBACK), batch_format="pairs", on_bad_row="skip",
@@ -150,7 +150,7 @@ def test_ultrafeedback_bad_rows_fail_naming_the_row_and_ties_stay_by_default(tok
     data.setup()
     assert len(data._raw_train) == 8 and "data/dropped_rows/tie" not in data.stats  # drop_ties is off
     no_scores = [{k: v for k, v in row.items() if k != "score_rejected"} for row in _read(ULTRAFEEDBACK)[:5]]
-    with _hub({"train": no_scores}), pytest.raises(BadRow, match=r"row 0: missing field 'score_rejected'"):
+    with _hub({"train": no_scores}), pytest.raises(BadRow, match=r"row 0 \(0-based\): missing field 'score_rejected'"):
         PreferenceDataModule(tokenizer, source=UF_HUB, batch_format="pairs", drop_ties=True).setup()
 
 

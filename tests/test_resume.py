@@ -4,6 +4,7 @@ weights, bit for bit on CPU."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -53,6 +54,9 @@ def _assert_same_run(resumed: Path, reference: Path) -> None:
     """Every step's loss in metrics.csv (which each resumed run appends to; the last row of a
     step wins) and the exported weights are exactly the reference's."""
     assert losses_by_step(resumed) == losses_by_step(reference)  # exact, not approximate
+    # ...and each step once: the rows an interrupted run logged after its checkpoint are dropped
+    # on resume, and a resumed run does not evaluate its start again.
+    assert _logged(resumed) == _logged(reference)
     weights, expected_weights = (
         load_file(resumed / "model/model.safetensors"),
         load_file(reference / "model/model.safetensors"),
@@ -93,6 +97,17 @@ def test_online_run_killed_twice_and_resumed_retraces_the_uninterrupted_run(tmp_
     # Each rollout (the resumed runs redraw the ones after their checkpoint) is the same samples
     # with the same rewards: the sample logged at each refresh, by step, last one written wins.
     assert _rollouts(resumed) == _rollouts(reference)
+    assert _rollout_steps(resumed) == _rollout_steps(reference)  # each refresh once
+
+
+def _rollout_steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+
+
+def _logged(run_dir: Path) -> list[tuple[int, str, str]]:
+    """metrics.csv's rows as (step, train/loss, val/accuracy), in the file's order."""
+    with (run_dir / "metrics.csv").open() as f:
+        return [(int(r["step"]), r.get("train/loss", ""), r.get("val/accuracy", "")) for r in csv.DictReader(f)]
 
 
 def _rollouts(run_dir: Path) -> dict[int, dict]:

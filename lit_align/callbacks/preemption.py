@@ -66,7 +66,7 @@ class SaveOnSignal(Checkpoint):
             flag = bool(trainer.strategy.reduce(signal_count, reduce_op="sum") > 0)
         if flag and self.saved is None:
             path = self.dirpath / "last.ckpt"
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # explicit: else Lightning warns it defaulted
             self.saved = Interrupted(self.received or signal.SIGTERM, trainer.global_step, path)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:

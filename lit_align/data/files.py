@@ -12,11 +12,13 @@ has a class:
 - ``empty``: nothing to train on (an empty prompt, response or assistant turn);
 - ``too_long``: a prompt over ``max_prompt_length`` or a sequence over ``max_length`` tokens;
 - ``no_correct_response``: a ranked group read as SFT rows with no correct chain to imitate;
-- ``tie``: with ``drop_ties``, a preference pair whose two responses have the same score.
+- ``tie``: with ``drop_ties``, a preference pair whose two responses have the same score;
+- ``identical_pair``: a preference pair whose chosen response is its rejected one (no signal).
 
 ``on_bad_row`` (the first four classes), ``on_empty`` and ``on_long`` decide whether such a row
-fails the run, in one line naming the file and the row's 0-based index in it (in JSON Lines,
-its line), or is skipped; ``on_long=truncate`` keeps long rows and cuts them instead (see
+fails the run, in one line naming the file and the row's 1-based line in JSON Lines (its 0-based
+index in an array, Parquet or Hub dataset), or is skipped (``tie``, ``identical_pair`` and
+``no_correct_response`` always are); ``on_long=truncate`` keeps long rows and cuts them instead (see
 `encode_prompt_response`). Skipped rows are counted in ``stats``, the datamodule's counters that
 ``train`` prints and stores in ``summary.json``: ``data/dropped_rows`` in all and
 ``data/dropped_rows/<class>`` for each class that occurred.
@@ -35,6 +37,7 @@ from lit_align.data.chat import encode_conversation, render_chat
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.rows import (
     BadRow,
+    DataError,
     Row,
     bad_row,
     is_local,
@@ -50,7 +53,9 @@ OnEmpty = Literal["skip", "error"]
 OnLong = Literal["error", "skip", "truncate"]
 
 # The option that decides what becomes of a row of each class; ``None``: always skipped.
-_OPTION: dict[str, str | None] = {"empty": "on_empty", "too_long": "on_long", "no_correct_response": None, "tie": None}
+_OPTION: dict[str, str | None] = {
+    "empty": "on_empty", "too_long": "on_long", "no_correct_response": None, "tie": None, "identical_pair": None,
+}  # fmt: skip
 # A normalised ranked row carries the number of empty responses it lost under this key until it
 # is kept, so rows that are skipped after all (too long, say) do not count theirs.
 _EMPTY_RESPONSES = "_empty_responses"
@@ -176,7 +181,7 @@ class _FileDataModule(AlignDataModule):
         else:
             held_out, train = rows[: self.num_val + self.num_test], rows[self.num_val + self.num_test :]
         if not train:
-            raise ValueError(f"{self.source}: no training rows left after holding out {len(held_out)}")
+            raise DataError(f"{self.source}: no training rows left after holding out {len(held_out)}")
         if held_out and all(r.get("answer") is not None for r in held_out):  # evaluate by generation
             held_out = [{"prompt": r["prompt"], "answer": r["answer"]} for r in held_out]
         train = [{k: v for k, v in r.items() if k != "answer"} for r in train]
@@ -236,6 +241,8 @@ class PreferenceDataModule(_FileDataModule):
             return {"prompt": prompt, "response": chosen}
         if self.batch_format != "pairs":
             raise ValueError("data=preference provides pairs (objective=dpo) or SFT rows (objective=sft), not groups")
+        if chosen == rejected:  # no preference to learn, and a zero margin some losses divide by
+            raise bad_row(source, index, "identical_pair", "'chosen' is the same as 'rejected'")
         if self.drop_ties:
             fields = ("score_chosen", "score_rejected")
             require(row, fields, source, index)

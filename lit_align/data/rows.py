@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import codecs
 import json
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from datasets import load_dataset
+from datasets.exceptions import DatasetNotFoundError
 
 from lit_align.data.chat import Messages
 from lit_align.schema import ConfigError
@@ -27,9 +29,20 @@ class BadRow(ValueError):
         self.reason = reason
 
 
+class DataError(ValueError):
+    """A data source that cannot be read at all (missing, empty, unparseable, not reachable);
+    reported in one line."""
+
+
+def row_name(source: str, index: int) -> str:
+    """Where a row is: in a JSON Lines file its 1-based line (as editors, ``jq`` and Python's
+    JSON errors count), in a JSON array, a Parquet file or a Hub dataset its 0-based index."""
+    return f"line {index}" if source.lower().endswith(".jsonl") else f"row {index} (0-based)"
+
+
 def bad_row(source: str, index: int, reason: str, what: str) -> BadRow:
-    """A `BadRow` of class ``reason`` whose message names ``source`` and row ``index``."""
-    return BadRow(reason, f"{source}: row {index}: {what}")
+    """A `BadRow` of class ``reason`` whose message names ``source`` and where the row is."""
+    return BadRow(reason, f"{source}: {row_name(source, index)}: {what}")
 
 
 def wrong_type(source: str, index: int, what: str, value: Any) -> BadRow:
@@ -42,28 +55,35 @@ def is_local(source: str) -> bool:
     """Whether ``source`` names a local ``.json``/``.jsonl``/``.parquet`` file or a folder
     (which `load_rows` reads itself) rather than a Hub dataset."""
     path = Path(source).expanduser()
-    return path.suffix in _SUFFIXES or path.is_dir()
+    return path.suffix.lower() in _SUFFIXES or path.is_dir()
 
 
 def load_rows(source: str, split: str, subset: str | None = None) -> Iterator[tuple[str, int, Row | BadRow]]:
     """Every row of ``source`` as ``(file, index, row)``: the file it came from (the dataset name
-    for the Hub), its 0-based index in that file, and the row, or a `BadRow` for a line that
+    for the Hub), where it is in that file (`row_name`), and the row, or a `BadRow` for a line that
     could not be read, for the caller to fail on or skip. ``split`` and ``subset`` (the
     dataset's config, ``load_dataset``'s ``name``) apply to Hub datasets only."""
     path = Path(source).expanduser()
-    if path.suffix in _SUFFIXES:
+    if path.suffix.lower() in _SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"data file not found: {source}")
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _SUFFIXES)
         if not files:
             raise FileNotFoundError(f"no .json, .jsonl or .parquet file in {source}")
+        ignored = sorted(p.name for p in path.iterdir() if p not in files and not p.name.startswith("."))
+        if ignored:
+            shown = ", ".join(ignored[:3]) + (f" (+{len(ignored) - 3} more)" if len(ignored) > 3 else "")
+            warnings.warn(f"{source}: ignored {len(ignored)} entries that are not .json, .jsonl or .parquet files: "
+                          f"{shown}", stacklevel=2)  # fmt: skip
     else:
         yield from ((source, i, row) for i, row in enumerate(_load_hub(source, subset, split)))
         return
     for file in files:  # one file at a time, so a bad row is named by its own file and index
-        if file.suffix == ".parquet":
+        if file.stat().st_size == 0 or not file.read_bytes().removeprefix(codecs.BOM_UTF8).strip():
+            raise DataError(f"{file}: the file is empty (no rows)")
+        if file.suffix.lower() == ".parquet":
             rows = enumerate(load_dataset("parquet", data_files={split: str(file)}, split=split))
         else:
             rows = _read_json(file)
@@ -73,6 +93,12 @@ def load_rows(source: str, split: str, subset: str | None = None) -> Iterator[tu
 def _load_hub(source: str, subset: str | None, split: str) -> Iterable[Row]:
     try:
         return load_dataset(source, name=subset, split=split)
+    except (ConnectionError, FileNotFoundError, DatasetNotFoundError) as error:  # offline, or no such dataset
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DataError(
+            f"{source}: no such local file or folder, and not loadable from the Hub ({reason}); a local file "
+            "needs a .json, .jsonl or .parquet suffix"
+        ) from None
     except ValueError as error:  # `datasets`' words for a config or split the dataset lacks
         if not str(error).startswith(("Config name is missing", "BuilderConfig", "Unknown split")):
             raise
@@ -96,7 +122,9 @@ def _read_json(path: Path) -> Iterator[tuple[int, Row | BadRow]]:
     if data.lstrip()[:1] == b"[":
         yield from enumerate(_json_array(path, data))
         return
-    for index, line in enumerate(data.splitlines()):
+    # Numbered as `row_name` names them: from 1 (the line) in a .jsonl file, else from 0.
+    start = 1 if path.suffix.lower() == ".jsonl" else 0
+    for index, line in enumerate(data.splitlines(), start=start):
         if line.strip():  # a blank line (a trailing one, say) is no row, but keeps the numbering
             yield index, _json_row(str(path), index, line)
 
@@ -109,10 +137,25 @@ def _json_row(source: str, index: int, line: bytes) -> Row | BadRow:
             source, index, "not_utf8", f"not UTF-8 (byte {line[error.start]:#04x} at column {error.start + 1})"
         )
     try:
-        row = json.loads(text)
+        row = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as error:
         return bad_row(source, index, "malformed_json", f"not valid JSON ({error.msg} at column {error.colno})")
+    except DuplicateKey as error:
+        return bad_row(source, index, "malformed_json", f"not valid JSON ({error})")
     return row if isinstance(row, dict) else wrong_type(source, index, "a row must be a JSON object", row)
+
+
+class DuplicateKey(ValueError):
+    """A JSON object with a key twice (``json`` keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    row = dict(pairs)
+    if len(row) < len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise DuplicateKey(f"duplicate key {key!r}")
+    return row
 
 
 def _json_array(path: Path, data: bytes) -> list[Row | BadRow]:
@@ -120,12 +163,14 @@ def _json_array(path: Path, data: bytes) -> list[Row | BadRow]:
     # trusted, so that fails however on_bad_row is set (JSON Lines can skip a bad line).
     fix = "a JSON array is read whole, so this cannot be skipped; fix it or write JSON Lines"
     try:
-        rows = json.loads(data.decode("utf-8"))
+        rows = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise ValueError(f"{path}: line {line}: not UTF-8 (byte {data[error.start]:#04x}); {fix}") from None
+        raise DataError(f"{path}: line {line}: not UTF-8 (byte {data[error.start]:#04x}); {fix}") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: line {error.lineno}: not valid JSON ({error.msg}); {fix}") from None
+        raise DataError(f"{path}: line {error.lineno}: not valid JSON ({error.msg}); {fix}") from None
+    except DuplicateKey as error:
+        raise DataError(f"{path}: not valid JSON ({error}); {fix}") from None
     return [
         r if isinstance(r, dict) else wrong_type(str(path), i, "a row must be a JSON object", r)
         for i, r in enumerate(rows)

@@ -3,12 +3,15 @@ training wrapped the policy in (FSDP2 shards, LoRA adapters, compiled layers).""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
 from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_align.checkpointing import write_failure
 from lit_align.models.lora import is_lora, merged
 from lit_align.models.sharding import full_state_dict, has_fsdp1, is_sharded
 from lit_align.module import require_finite
@@ -22,7 +25,8 @@ def export_model(policy: PreTrainedModel | PeftModel, tokenizer: PreTrainedToken
     the module holding ``policy`` as ``policy``) are gathered to rank 0's CPU first (every rank
     must call this: the gather is a collective) into an unsharded copy built from the model's
     config; LoRA adapters are merged into the weights. Weights that are not finite are never
-    written.
+    written. The directory is written whole or not at all: into ``<out_dir>.tmp``, renamed
+    into place (a failed write, a full disk, removes it and raises `WriteFailed`).
     """
     sharded = is_sharded(policy) or (root is not None and has_fsdp1(root))
     state = full_state_dict(policy, root, prefix="policy.") if sharded else None
@@ -32,8 +36,18 @@ def export_model(policy: PreTrainedModel | PeftModel, tokenizer: PreTrainedToken
         policy = _unsharded_copy(policy, state)
     model = merged(policy)
     require_finite(model, "model export")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an earlier failed export
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except (OSError, RuntimeError) as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(out_dir, error) from error
+    if out_dir.exists():  # a resumed run's export replaces the earlier one
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _unsharded_copy(policy: PreTrainedModel | PeftModel, state: dict[str, torch.Tensor]) -> PreTrainedModel | PeftModel:

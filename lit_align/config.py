@@ -27,6 +27,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.micro_batch_size", lambda v: v is None or v >= 1, ">= 1 or null"),
     ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
     ("data.max_prompt_length", lambda v: v >= 1, ">= 1"),
+    ("sft_steps", lambda v: v >= 1, ">= 1"),
     ("trainer.max_steps", lambda v: v == -1 or v >= 1, ">= 1 (or -1 to train by epochs)"),
     ("grad_clip", lambda v: v is None or v >= 0, ">= 0 or null"),
     ("max_bad_steps", lambda v: v >= 1, ">= 1"),
@@ -36,6 +37,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 # The keys `train` reads itself (no class to take their types from). A key absent is not checked.
 _TYPES: dict[str, Any] = {
     "seed": int,
+    "sft_steps": int,
     "ckpt_path": str | None,
     "grad_clip": float | None,
     "max_bad_steps": int,

@@ -158,7 +158,7 @@ SMALL = ["data=instruct", "data.num_train=64", "data.num_val=8", "data.num_test=
     "overrides",
     [
         [],  # SFT
-        ["objective=dpo"],
+        ["objective=dpo", "init=none"],
         ["objective=rloo", "init=none", "reward=instruct", "rollout.num_prompts=4"],
     ],
     ids=["sft", "dpo", "rloo"],

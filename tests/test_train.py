@@ -129,8 +129,8 @@ OFFLINE = ["rollout=none", "init=none", "callbacks=default"]
 @pytest.mark.parametrize(
     "overrides,metric",
     [
-        (["objective=dpo"], "rewards/accuracies"),
-        (["objective=dpo", "objective.loss_type=ipo"], "rewards/margins"),
+        (["objective=dpo", "init=none"], "rewards/accuracies"),
+        (["objective=dpo", "init=none", "objective.loss_type=ipo"], "rewards/margins"),
         (["objective=aft", *OFFLINE], "aft/pair_accuracy"),
         (["objective=aft", *OFFLINE, "objective.feedback=ranking", "objective.constraint=detach"], "aft/pair_accuracy"),
     ],
@@ -143,8 +143,8 @@ def test_preference_objectives_end_to_end(tmp_path, overrides, metric):
 
 
 def test_precomputed_reference_matches_a_live_reference(tmp_path):
-    live = train(make_cfg(tmp_path / "live", "objective=dpo", "eval.before_train=false"))
-    cached = train(make_cfg(tmp_path / "cached", "objective=dpo", "objective.precompute_ref=true",
+    live = train(make_cfg(tmp_path / "live", "objective=dpo", "init=none", "eval.before_train=false"))
+    cached = train(make_cfg(tmp_path / "cached", "objective=dpo", "init=none", "objective.precompute_ref=true",
                             "eval.before_train=false"))  # fmt: skip
     torch.testing.assert_close(
         _train_losses(tmp_path / "cached"), _train_losses(tmp_path / "live"), rtol=1e-5, atol=1e-6

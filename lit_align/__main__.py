@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from lit_align.callbacks.preemption import Interrupted
-from lit_align.config import ConfigError
 from lit_align.data.rows import BadRow
+from lit_align.errors import ConfigError
 from lit_align.train import train
 
 # conf/ sits beside the package in a checkout and inside it in a wheel (see pyproject.toml).

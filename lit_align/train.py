@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from lit_align.config import ConfigError, validate
+from lit_align.config import validate
+from lit_align.errors import ConfigError
 from lit_align.loggers import finish
 from lit_align.models.export import export_model
 from lit_align.module import AlignModule, sequence_logps

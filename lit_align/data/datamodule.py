@@ -14,6 +14,7 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lit_align.data.answers import exact_match
 from lit_align.data.collate import (
     StepCollator,
     collate_groups,
@@ -27,7 +28,6 @@ from lit_align.data.collate import (
     encode_prompt_response,
 )  # fmt: skip
 from lit_align.data.loader import ResumableLoader
-from lit_align.rewards.math import exact_match
 
 # What each objective's training rows look like before tokenising:
 #   sft:    prompt, response

@@ -12,7 +12,7 @@ from typing import Any
 from datasets import load_dataset
 
 from lit_align.data.chat import Messages
-from lit_align.schema import ConfigError
+from lit_align.errors import ConfigError
 
 Row = dict[str, Any]
 

@@ -182,3 +182,22 @@ def test_yaml_values_are_the_code_defaults(tmp_path):
                 if default is not inspect.Parameter.empty and not isinstance(value, dict) and value != default:
                     differ[f"{node._target_}.{key}"] = (value, default)
     assert differ == PENDING
+
+
+def test_cli_help_is_the_projects_own_page():
+    out = _cli("--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("lit_align: post-training (SFT, DPO, AFT, RLOO, PPO, reward models)")
+    assert "Powered by Hydra" not in out.stdout and "== Config ==" not in out.stdout  # Hydra's generic page
+    examples = [line.split("#")[0].strip() for line in out.stdout.splitlines() if "python -m lit_align " in line]
+    assert examples[1:4] == [
+        "python -m lit_align",
+        "python -m lit_align objective=dpo",
+        "python -m lit_align -m objective=dpo,rloo seed=0,1",
+    ]
+    assert "runs/<objective>/<date>_<time>/" in out.stdout
+    listed = out.stdout.split("Options of each group:")[1]
+    for group in GROUPS:  # every config group with its options, e.g. "objective: aft, dpo, ..."
+        if group != "hydra":
+            options = ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+            assert f"{group}: {options}" in listed

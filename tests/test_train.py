@@ -125,7 +125,7 @@ def test_cli_writes_the_run_directory(tmp_path):
     # from its own code, and the model summary's FLOPs (0); our own parameter line replaces it.
     for noise in ("💡", "litlogger", "litmodels", "LeafSpec", "TPU available", "HPU available", "FLOPs"):
         assert noise not in out.stdout + out.stderr, noise
-    assert "policy: LlamaForCausalLM, 0.03M parameters, 0.03M trainable" in out.stdout
+    assert "policy: LlamaForCausalLM, 0.02M parameters, 0.02M trainable" in out.stdout
 
 
 # AFT on the data's own ranked chains, without the SFT stage and online sampling.

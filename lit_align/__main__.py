@@ -13,8 +13,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from lit_align.callbacks.preemption import Interrupted
 from lit_align.checkpointing import WriteFailed
-from lit_align.config import ConfigError
 from lit_align.data.rows import BadRow, DataError
+from lit_align.errors import ConfigError
 from lit_align.module import NonFiniteStop
 from lit_align.resume import config_subdir
 from lit_align.train import train

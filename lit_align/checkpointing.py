@@ -8,7 +8,7 @@ writes beside the target, syncs, and renames: on one filesystem, a rename is ato
 
 Lightning does not save the RNG streams either; `rng_states` / `set_rng_states` do (in a form
 ``torch.load(weights_only=True)`` accepts), so that a resumed run draws what the uninterrupted
-one would have.
+one would have. `require_finite` refuses to write weights that are NaN or infinite.
 """
 
 from __future__ import annotations
@@ -99,3 +99,12 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def require_finite(module: torch.nn.Module, what: str) -> None:
+    """Refuses to write a ``what`` (checkpoint, export) of weights that are NaN or infinite."""
+    # A sharded (FSDP2) parameter is checked shard by shard: each rank its own.
+    local = ((name, p.to_local() if hasattr(p, "to_local") else p) for name, p in module.named_parameters())
+    bad = [name for name, p in local if not torch.isfinite(p.detach()).all()]
+    if bad:
+        raise FloatingPointError(f"refusing to write a {what}: {len(bad)} parameters are not finite, e.g. {bad[0]}")

@@ -16,9 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
 
-from lit_align.schema import ABSENT, ConfigError, check_targets, check_type, locate_target
+from lit_align.callbacks.best_of_n import BestOfN
+from lit_align.data.datamodule import AlignDataModule
+from lit_align.errors import ConfigError
+from lit_align.schema import ABSENT, check_targets, check_type, locate_target
 
 # (key, test, what the value must be). A key absent from the config is not checked.
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
@@ -27,6 +31,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.micro_batch_size", lambda v: v is None or v >= 1, ">= 1 or null"),
     ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
     ("data.max_prompt_length", lambda v: v >= 1, ">= 1"),
+    ("sft_steps", lambda v: v >= 1, ">= 1"),
     ("trainer.max_steps", lambda v: v == -1 or v >= 1, ">= 1 (or -1 to train by epochs)"),
     ("grad_clip", lambda v: v is None or v >= 0, ">= 0 or null"),
     ("max_bad_steps", lambda v: v >= 1, ">= 1"),
@@ -36,6 +41,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 # The keys `train` reads itself (no class to take their types from). A key absent is not checked.
 _TYPES: dict[str, Any] = {
     "seed": int,
+    "sft_steps": int,
     "ckpt_path": str | None,
     "force_resume": bool,
     "grad_clip": float | None,
@@ -78,9 +84,6 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_combinations(cfg: DictConfig) -> None:
     """Settings that each work but not together, refused before the SFT stage or any model."""
-    # Imported here: light modules (lit_align.models.hf) import this one, and these pull in more.
-    from lit_align.callbacks.best_of_n import BestOfN
-
     objective = locate_target(cfg.get("objective"))
     name = f"objective={objective.__name__.lower()}" if objective else "the objective"
     batch_format = getattr(objective, "batch_format", None)
@@ -121,8 +124,6 @@ def _check_combinations(cfg: DictConfig) -> None:
 
 def _check_online(cfg: DictConfig, rollout: DictConfig, name: str, batch_format: str | None, scores: bool) -> None:
     """Online sampling generates from the policy, scores with ``reward`` and needs prompts."""
-    from lit_align.data.datamodule import AlignDataModule
-
     if locate_target(cfg.get("reward")) is None:
         raise ConfigError("rollout=online scores its samples with reward, which is not set: pick one, e.g. reward=math")
     if scores:
@@ -163,8 +164,6 @@ def _check_strategy(trainer: DictConfig | dict[str, Any], generates: str | None,
     FSDP1 gathers its root unit (embeddings, head) only inside the wrapped module's forward,
     which generation from a callback (``generates``: online sampling, best-of-N) is not. FSDP2's
     mesh is ``trainer.devices`` wide, so that must be a number of processes on one node."""
-    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-
     strategy = trainer.get("strategy", "auto")
     located = None if isinstance(strategy, str) else locate_target(strategy)
     if isinstance(strategy, str):

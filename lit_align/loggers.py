@@ -1,10 +1,12 @@
-"""Experiment trackers that never prompt or hang."""
+"""Experiment trackers that never prompt or hang, and a run's output without Lightning's noise."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import netrc
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,3 +109,25 @@ def wandb_logger(
     if mode == "disabled":
         kwargs["mode"] = "disabled"
     return WandbLogger(offline=mode == "offline", **kwargs)
+
+
+# Lightning's lines that say nothing about this run: advertisements for its cloud products, and
+# the accelerators it did not find (the GPU line stays).
+_NOISE = ("💡 Tip:", "TPU available:", "HPU available:")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_NOISE)
+
+
+def quiet_lightning() -> None:
+    """Drops Lightning's advertisements and its TPU/HPU lines from the run's output, and the
+    ``LeafSpec is deprecated`` warning that Lightning's own code (``utilities/_pytree.py``) gets
+    from torch: a newcomer's screen shows the progress bar, the start/final table and the run dir."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    leaf_spec = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+    warnings.filterwarnings("ignore", message=leaf_spec, category=FutureWarning)

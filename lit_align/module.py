@@ -19,7 +19,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_align.checkpointing import rng_states, set_rng_states
+from lit_align.checkpointing import require_finite, rng_states, set_rng_states
+from lit_align.data.answers import exact_match
 from lit_align.data.batch import Responses
 from lit_align.models.forward import eval_mode
 from lit_align.models.lora import is_lora
@@ -28,7 +29,6 @@ from lit_align.models.sharding import decoder_layers, shard
 from lit_align.models.value import ValueHead
 from lit_align.objectives.base import Objective, ObjectiveOutput
 from lit_align.objectives.reduce import masked_sum
-from lit_align.rewards.math import exact_match
 from lit_align.rollout.generate import generate_completions
 
 Batch = dict[str, Any]  # held-out prompts for generation
@@ -399,15 +399,6 @@ class AlignModule(L.LightningModule):
 
 class NonFiniteStop(FloatingPointError):
     """``max_bad_steps`` steps in a row were not finite; the weights are the last finite ones."""
-
-
-def require_finite(module: torch.nn.Module, what: str) -> None:
-    """Refuses to write a ``what`` (checkpoint, export) of weights that are NaN or infinite."""
-    # A sharded (FSDP2) parameter is checked shard by shard: each rank its own.
-    local = ((name, p.to_local() if hasattr(p, "to_local") else p) for name, p in module.named_parameters())
-    bad = [name for name, p in local if not torch.isfinite(p.detach()).all()]
-    if bad:
-        raise FloatingPointError(f"refusing to write a {what}: {len(bad)} parameters are not finite, e.g. {bad[0]}")
 
 
 @torch.no_grad()

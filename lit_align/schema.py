@@ -24,10 +24,7 @@ import torch
 from hydra._internal.utils import _locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem, reported in one line without a traceback."""
-
+from lit_align.errors import ConfigError
 
 ABSENT = object()
 

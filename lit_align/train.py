@@ -27,8 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_align.checkpointing import write_text_atomic
-from lit_align.config import ConfigError, validate
-from lit_align.loggers import finish
+from lit_align.config import validate
+from lit_align.errors import ConfigError
+from lit_align.loggers import finish, quiet_lightning
 from lit_align.models.export import export_model
 from lit_align.models.response_forward import Unsupported, check_shared_prefix
 from lit_align.module import AlignModule, NonFiniteStop, sequence_logps
@@ -81,6 +82,7 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
         cfg.model.name_or_path = init["model"]
     datasets.disable_progress_bars()  # the trainer's progress bar is the run's one display
     transformers.utils.logging.disable_progress_bar()
+    quiet_lightning()
     # Checkpoints hold the weights after the step, which is what resuming needs.
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
     # Lightning logs by global step; an online run's short epochs (one rollout each) still log.
@@ -117,6 +119,7 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
         compile_layers=cfg.model.get("compile", False),
         shared_prefix=shared_prefix,
     )
+    _print_model(policy)
     callbacks = _instantiate_each(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the configured bar
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -261,6 +264,15 @@ def _instantiate_each(group: DictConfig | None) -> list[Any]:
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: round(float(value), 6) for key, value in sorted(metrics.items())}
+
+
+@rank_zero_only
+def _print_model(policy: torch.nn.Module) -> None:
+    """One line in place of Lightning's model summary, whose FLOPs column and total read 0 for a
+    module without an ``example_input_array``."""
+    total = sum(p.numel() for p in policy.parameters())
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    Console().print(f"policy: {type(policy).__name__}, {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable")
 
 
 @rank_zero_only

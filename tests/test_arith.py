@@ -3,8 +3,8 @@ import re
 
 import pytest
 
+from lit_align.data.answers import exact_match
 from lit_align.data.arith import ArithDataModule, arith_splits, inject_errors, make_problem
-from lit_align.rewards.math import exact_match
 
 
 def _check_solution(row: dict[str, str]) -> None:

@@ -272,7 +272,7 @@ def test_the_cli_reports_a_bad_row_in_one_line(tmp_path):
     good = json.dumps({"prompt": "1+1=", "chosen": "2", "rejected": "3"})
     source.write_text("\n".join([good] * 4 + ['{"prompt": "1+1=", "chosen": "2" "rejected": "3"}']) + "\n")
     out = subprocess.run(
-        [sys.executable, "-m", "lit_align", "objective=dpo", "data=preference", f"data.source={source}",
+        [sys.executable, "-m", "lit_align", "objective=dpo", "init=none", "data=preference", f"data.source={source}",
          "data.num_val=1", "data.num_test=1", f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_align.checkpointing import AtomicCheckpointIO, rng_states, set_rng_states
-from lit_align.module import require_finite
+from lit_align.checkpointing import AtomicCheckpointIO, require_finite, rng_states, set_rng_states
 from lit_align.train import train
 from tests.conftest import make_cfg
 

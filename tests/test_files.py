@@ -110,7 +110,14 @@ def test_cot_ranking_rows(tokenizer, tmp_path):
 
 def test_dpo_on_a_preference_file_end_to_end(tmp_path):
     source = _jsonl(tmp_path / "p.jsonl", PAIRS * 4)
-    overrides = ["objective=dpo", "data=preference", f"data.source={source}", "data.num_val=4", "data.num_test=4"]
+    overrides = [
+        "objective=dpo",
+        "init=none",
+        "data=preference",
+        f"data.source={source}",
+        "data.num_val=4",
+        "data.num_test=4",
+    ]
     summary = train(make_cfg(tmp_path / "run", *overrides, "data.batch_size=4", "trainer.max_steps=3"))
     assert {"val/rewards/accuracies", "val/loss"} <= set(summary["start"])
     assert {"val/rewards/margins", "test/rewards/accuracies", "test/loss"} <= set(summary["final"])

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from lit_align.data.answers import exact_match
 from lit_align.data.gsm8k import Gsm8kDataModule
 from lit_align.data.rows import BadRow
-from lit_align.rewards.math import exact_match
 from lit_align.train import train
 from tests.conftest import make_cfg
 

@@ -166,9 +166,10 @@ def test_sft_on_ultrafeedback_trains_the_chosen_response_and_keeps_ties(tokenize
 
 
 def test_dpo_on_an_ultrafeedback_file_end_to_end(tmp_path):
-    summary = train(make_cfg(tmp_path / "run", "objective=dpo", "data=ultrafeedback", f"data.source={ULTRAFEEDBACK}",
-                             "data.eval_source=null", "data.on_bad_row=skip", "data.num_val=2", "data.num_test=2",
-                             "data.batch_size=4", "data.eval_batch_size=4", "trainer.max_steps=2"))  # fmt: skip
+    summary = train(make_cfg(tmp_path / "run", "objective=dpo", "init=none", "data=ultrafeedback",
+                             f"data.source={ULTRAFEEDBACK}", "data.eval_source=null", "data.on_bad_row=skip",
+                             "data.num_val=2", "data.num_test=2", "data.batch_size=4", "data.eval_batch_size=4",
+                             "trainer.max_steps=2"))  # fmt: skip
     assert summary["steps"] == 2
     assert summary["data"]["data/train_rows"] == 7 and summary["data"]["data/dropped_rows/tie"] == 1
     assert {"val/rewards/accuracies", "val/loss"} <= set(summary["start"])

@@ -10,7 +10,8 @@ import pytest
 from torchmetrics import MeanMetric
 
 from lit_align.data.instruct import InstructDataModule, make_instruction, violate
-from lit_align.rewards.instruct import InstructionReward, checks, parse_spec
+from lit_align.data.instruct_checks import checks, parse_spec
+from lit_align.rewards.instruct import InstructionReward
 from lit_align.train import train
 from tests.conftest import make_cfg
 
@@ -158,7 +159,7 @@ SMALL = ["data=instruct", "data.num_train=64", "data.num_val=8", "data.num_test=
     "overrides",
     [
         [],  # SFT
-        ["objective=dpo"],
+        ["objective=dpo", "init=none"],
         ["objective=rloo", "init=none", "reward=instruct", "rollout.num_prompts=4"],
     ],
     ids=["sft", "dpo", "rloo"],

@@ -64,7 +64,8 @@ def start_dir(tmp_path, tiny_model, tokenizer):
 def test_lora_dpo_run_starts_at_log2_and_exports_merged_low_rank_updates(tmp_path, start_dir):
     r = 2
     lora = [f"model.lora.r={r}", "model.lora.alpha=4"]
-    summary = train(make_cfg(tmp_path / "run", "objective=dpo", "init=none", f"model.name_or_path={start_dir}",
+    summary = train(make_cfg(tmp_path / "run", "objective=dpo", "init=none", "objective.sft_weight=0",
+                             f"model.name_or_path={start_dir}",
                              *lora, "optimizer.lr=1e-2", "trainer.max_steps=3"))  # fmt: skip
     assert summary["steps"] == 3
     # Step 0: the policy is the reference exactly (B = 0), so every pair's loss is log 2.

@@ -173,7 +173,7 @@ def test_iterative_resampling_refreshes_every_epoch(tmp_path):
 @pytest.mark.parametrize(
     "overrides,metric",
     [
-        (["objective=dpo"], "rewards/accuracies"),  # online DPO: best vs worst sample
+        (["objective=dpo", "init=none"], "rewards/accuracies"),  # online DPO: best vs worst sample
         (["objective=sft", "rollout.threshold=8"], "train/loss"),  # rejection sampling: samples of 8+ chars
     ],
 )

@@ -51,6 +51,13 @@ def test_table_is_mean_and_std_over_seeds_and_plots_are_written(sweep, tmp_path)
         "| `experiment=dpo optimizer.lr=0.000518` | 0,1,2 | 0.400 ± 0.000 | 0.700 ± 0.100 | 0.700 ± 0.100 | 11 |",
     ]
     assert (tmp_path / "out/report.md").read_text().startswith("6 runs under ")
+
+
+def test_the_report_names_the_runs_relative_to_where_it_ran(sweep, tmp_path, monkeypatch):
+    monkeypatch.chdir(sweep.parent)
+    report(sweep.resolve(), tmp_path / "out")  # given an absolute path
+    first = (tmp_path / "out/report.md").read_text().splitlines()[0]
+    assert first == f"6 runs under `{sweep.name}`. All with `data.digits=2`."
     for name in ("accuracy.png", "curves.png"):
         with Image.open(tmp_path / "out" / name) as image:
             assert image.format == "PNG" and image.width > 600

@@ -22,6 +22,8 @@ NEEDS = {
     ("reward", "model"): ["reward.name_or_path=/some/reward_model"],
     ("strategy", "fsdp"): ["trainer.accelerator=gpu"],  # FSDP1 is refused on CPU (tested below)
     **{("data", d): ["data.source=/some/rows.jsonl"] for d in ("chat", "preference", "cot_ranking", "gsm8k")},
+    # An objective's pipeline is picked by the objective (pipeline=rm alone: a score head under SFT).
+    **{("pipeline", o): [f"objective={o}"] for o in ("aft", "dpo", "ppo", "rloo", "rm")},
 }
 
 

@@ -28,7 +28,7 @@ def _multirun(*args: str) -> None:
 
 
 def test_two_by_two_multirun_and_its_report(tmp_path):
-    _multirun("objective=sft,dpo", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    _multirun("objective=sft,dpo", "seed=0,1", "init=none", f"hydra.sweep.dir={tmp_path}")
     runs = sorted(p.parent.name for p in tmp_path.glob("*/summary.json"))
     assert runs == ["0", "1", "2", "3"]  # each run in its own directory of the sweep
     assert yaml.safe_load((tmp_path / "0/hparams.yaml").read_text())["objective"]["_target_"].endswith("SFT")

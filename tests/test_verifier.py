@@ -1,6 +1,6 @@
 import pytest
 
-from lit_align.rewards.math import exact_match, extract_answer, normalize_number
+from lit_align.data.answers import exact_match, extract_answer, normalize_number
 
 
 @pytest.mark.parametrize(

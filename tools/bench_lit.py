@@ -51,7 +51,14 @@ def overrides(spec: Spec, out_dir: str) -> list[str]:
     if spec.workload == "sft":
         return [*common, "objective=sft", f"data.batch_size={spec.batch_size}"]
     if spec.workload == "dpo":
-        return [*common, "objective=dpo", f"objective.beta={spec.beta}", f"data.batch_size={spec.batch_size}"]
+        return [
+            *common,
+            "objective=dpo",
+            "init=none",
+            "objective.sft_weight=0",
+            f"objective.beta={spec.beta}",
+            f"data.batch_size={spec.batch_size}",
+        ]
     if spec.workload == "rloo":
         # One rollout (batch_size prompts × k samples) and one optimizer step on all of it per epoch.
         return [

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -173,7 +174,9 @@ def report(root: Path, out: Path | None = None) -> str:
     groups = group(runs)
     text = table(groups)
     shared = f" All with `{' '.join(common)}`." if common else ""
-    (out / "report.md").write_text(f"{len(runs)} runs under `{root}`.{shared}\n\n{text}")
+    # Relative to where the command ran: a committed report names no machine's directories.
+    shown = Path(os.path.relpath(root.resolve(), Path.cwd())).as_posix()
+    (out / "report.md").write_text(f"{len(runs)} runs under `{shown}`.{shared}\n\n{text}")
     plot_accuracy(groups, out / "accuracy.png")
     plot_curves(groups, out / "curves.png")
     return text

@@ -8,8 +8,8 @@ from typing import Any
 
 import lightning as L
 
+from lit_align.data.answers import extract_answer
 from lit_align.rewards.base import score
-from lit_align.rewards.math import extract_answer
 from lit_align.rollout.sampler import Sampler
 
 

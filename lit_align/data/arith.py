@@ -10,7 +10,7 @@ A problem with ``steps=2`` looks like::
               #### 14
 
 The solution writes one equation per step and ends in GSM8K's ``#### answer`` line, so the same
-answer extraction serves this task and GSM8K (`lit_align.rewards.math`).
+answer extraction serves this task and GSM8K (`lit_align.data.answers`).
 """
 
 from __future__ import annotations

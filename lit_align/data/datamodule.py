@@ -14,11 +14,11 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lit_align.data.answers import exact_match
 from lit_align.data.batch import Responses
 from lit_align.data.collate import StepCollator, collate_prompts, encode_prompt
 from lit_align.data.formats import FORMATS
 from lit_align.data.loader import ResumableLoader
-from lit_align.rewards.math import exact_match
 
 # What each objective's training rows look like before tokenising:
 #   sft:    prompt, response

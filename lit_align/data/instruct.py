@@ -1,5 +1,5 @@
 """The built-in instruction-following task: generated instructions whose compliance a program
-checks (`lit_align.rewards.instruct`), with no download.
+checks (`lit_align.data.instruct_checks`), with no download.
 
 An instruction is a task ("Repeat the word cat 3 times.", "Count down from 9 to 5.", "Spell the
 word mango backwards.", "Name 3 fruits other than kiwi, separated by commas.") and up to
@@ -24,7 +24,7 @@ from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.generated import GeneratedTaskDataModule
-from lit_align.rewards.instruct import CATEGORIES, MODIFIERS, constraints_met, content, render
+from lit_align.data.instruct_checks import CATEGORIES, MODIFIERS, constraints_met, content, render
 
 WORDS = (
     "cat", "sun", "tree", "blue", "river", "stone", "cloud", "lamp", "bird", "paper", "moon", "apple",

@@ -14,7 +14,7 @@ from datasets import load_dataset
 from datasets.exceptions import DatasetNotFoundError
 
 from lit_align.data.chat import Messages
-from lit_align.schema import ConfigError
+from lit_align.errors import ConfigError
 
 Row = dict[str, Any]
 

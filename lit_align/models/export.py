@@ -11,10 +11,9 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_align.checkpointing import write_failure
+from lit_align.checkpointing import require_finite, write_failure
 from lit_align.models.lora import is_lora, merged
 from lit_align.models.sharding import full_state_dict, has_fsdp1, is_sharded
-from lit_align.module import require_finite
 
 
 def export_model(policy: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,

@@ -13,7 +13,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )  # fmt: skip
 
-from lit_align.config import ConfigError
+from lit_align.errors import ConfigError
 
 HEADS = ("lm", "score")
 

@@ -1,9 +1,8 @@
-"""Final-answer extraction and verification for math word problems, in two strengths.
+"""Final-answer verification for math word problems, in two strengths.
 
-- `exact_match` (evaluation's `val/accuracy`): the ``#### <answer>`` line that the built-in task
-  and GSM8K end with, else the last number, compared as plain numbers after removing thousands
-  separators, currency signs and trailing zeros (``1,000`` = ``$1000`` = ``1000.00``). Fast and
-  exact for integer answers.
+- `exact_match` (evaluation's `val/accuracy`, in `lit_align.data.answers`): the ``#### <answer>``
+  line that the built-in task and GSM8K end with, else the last number, compared as plain
+  numbers. Fast and exact for integer answers.
 - `MathReward` (the correctness reward): the same ``####`` precedence, then symbolic equality through
   math-verify, so it also accepts ``0.75`` for ``3/4`` or ``\\boxed{\\frac12}`` for ``0.5``,
   which `exact_match` scores wrong. Both agree on the built-in task's integer answers.
@@ -17,47 +16,7 @@ from typing import Any
 
 from math_verify import parse, verify
 
-_FINAL = re.compile(r"####\s*([^\n]*)")
-_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-
-
-def normalize_number(text: str) -> str | None:
-    """Canonical form of a number written as text, or ``None`` if ``text`` holds none.
-
-    >>> normalize_number("$1,000.50")
-    '1000.5'
-    """
-    match = _NUMBER.search(text)
-    if match is None:
-        return None
-    number = match.group(0).replace(",", "").replace("$", "")
-    if "." in number:
-        number = number.rstrip("0").rstrip(".")
-    if number in ("-0", ""):
-        number = "0"
-    return number
-
-
-def extract_answer(completion: str) -> str | None:
-    """The final answer of a completion: the ``#### x`` line if present, else the last number."""
-    final = _FINAL.search(completion)
-    if final is not None:
-        return normalize_number(final.group(1))
-    numbers = _NUMBER.findall(completion)
-    return normalize_number(numbers[-1]) if numbers else None
-
-
-def exact_match(completion: str, answer: str) -> float | None:
-    """1.0 if the completion's final answer equals ``answer``, else 0.0.
-
-    ``None`` when the gold ``answer`` holds no number: the sample cannot be scored, which is not
-    the same as wrong.
-    """
-    gold = normalize_number(answer)
-    if gold is None:
-        return None
-    return float(extract_answer(completion) == gold)
-
+from lit_align.data.answers import FINAL
 
 _BOXED = re.compile(r"\\boxed\{")
 _ANSWER_IS = re.compile(r"answer(?: is)?\s*[:=]?\s*([^\n]+)", re.IGNORECASE)
@@ -66,7 +25,7 @@ _ANSWER_IS = re.compile(r"answer(?: is)?\s*[:=]?\s*([^\n]+)", re.IGNORECASE)
 def final_answer_text(completion: str) -> str:
     """The part of a completion that states its final answer, by precedence: GSM8K's ``#### x``
     line, then ``\\boxed{x}`` (left for math-verify to read), then "answer (is) x", else all."""
-    final = _FINAL.search(completion)
+    final = FINAL.search(completion)
     if final is not None:
         return final.group(1)
     if _BOXED.search(completion):

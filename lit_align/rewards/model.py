@@ -66,10 +66,10 @@ class ModelReward:
     def __init__(
         self,
         name_or_path: str,
-        batch_size: int = 16,
+        batch_size: int = 64,
         max_length: int = 512,
         max_prompt_length: int = 384,
-        device: str = "cpu",
+        device: str = "auto",
         trust_remote_code: bool = False,
         encoding: Literal["concat", "pair"] = "concat",
     ) -> None:

@@ -62,7 +62,7 @@ def main_table_specs(quick: bool) -> list[Spec]:
         ]
     if not quick:
         # Math-like rows (prompt ~100, response ~150 tokens) and preference-like ones (~200, 200-400).
-        math, preference = dict(max_length=512, num_train=32), dict(max_length=1024, num_train=32)
+        math, preference = dict(max_length=512, num_train=64), dict(max_length=1024, num_train=64)
         specs += [
             Spec("sft", "qwen", batch_size=4, **math),
             Spec("dpo", "qwen", batch_size=1, **preference),

@@ -64,6 +64,9 @@ def test_table_ratios_are_against_trl_and_the_bare_loop():
     rloo = {**result, "spec": {"workload": "rloo", "model": "tiny", "batch_size": 8}, "tokens_per_step": None}
     assert "| 64 samples/s |" in bench.table([rloo]).splitlines()[2]  # 8 prompts × 4 samples in 0.5 s
     assert bench.throughput(rloo, 2.0) == (16.0, "samples/s")
+    slow = {**rloo, "spec": {**rloo["spec"], "batch_size": 1}}
+    slow["contenders"] = {"lit": {"median_s": 15.0, "peak_rss_mb": 800.0}}
+    assert "| 0.27 samples/s |" in bench.table([slow]).splitlines()[2]  # 1 prompt × 4 samples in 15 s
 
 
 def test_contenders_get_the_same_rows_and_weights():

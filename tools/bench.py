@@ -182,9 +182,10 @@ def table(results: list[dict]) -> str:
         trl, bare = by.get("trl"), by.get("bare")
         for c, m in by.items():
             value, unit = throughput(r, m["median_s"])
+            shown = f"{value:,.0f}" if value >= 10 else f"{value:.2g}"  # a Qwen-shaped RLOO: 0.2 samples/s
             spread = f"{1000 * min(m['times']):.0f}–{1000 * max(m['times']):.0f}" if m.get("times") else ""
             rows.append([
-                spec.workload, spec.model, NAMES[c], f"{1000 * m['median_s']:.0f}", spread, f"{value:,.0f} {unit}",
+                spec.workload, spec.model, NAMES[c], f"{1000 * m['median_s']:.0f}", spread, f"{shown} {unit}",
                 f"{m['peak_rss_mb']:.0f}",
                 f"{trl['median_s'] / m['median_s']:.2f}" if trl else "",
                 f"{m['median_s'] / bare['median_s']:.2f}" if bare else "",

@@ -2,21 +2,26 @@
 
     python tools/bench.py                     # docs/bench/: results.md, results.json, bench.png, scaling.png
     python tools/bench.py --quick             # a smoke run: tiny model, one round
+    python tools/bench.py --only dpo-qwen,aft # some workloads again (merged into results.json)
+    python tools/bench.py --lit-flat          # lit_align with the flat forward too (model.shared_prefix=false)
     pip install -e ".[bench]"                 # TRL, the other contender (skipped when missing)
 
-Each workload (SFT, DPO, RLOO: generation + scoring + update, generation alone) on each model
-runs in one worker process per contender (`tools/bench_{lit,trl,bare}.py`), all built from the
-same `Spec`: the same model weights, rows, batch, lengths and optimizer settings. The workers
-warm up, then take turns on the CPU (A B C A B C ...) for ``--rounds`` blocks of ``--block``
-steps, so drift hits all. Reported: the median step time, throughput, the worker's peak RSS, and
-the ratios to TRL and to the bare loop, all from this one run. Then step time against sequence
-length and batch size for SFT and DPO (lit_align and the bare loop, one turn each), for how
-cost grows.
+Each workload (SFT, DPO, AFT, reward model, RLOO: generation + scoring + update, generation
+alone) on each model (tiny, small, and a 2-layer Qwen2.5-0.5B-shaped one with its 151,936-token
+vocabulary, `bench_qwen`) runs in one worker process per contender
+(`tools/bench_{lit,trl,bare}.py`), all built from the same `Spec`: the same model weights, rows,
+batch, lengths and optimizer settings. TRL has no AFT; there the bare loop's flat AFT is the
+reference. The workers warm up, then take turns on the CPU (A B C A B C ...) for ``--rounds``
+blocks of ``--block`` steps (defaults per model, `TURNS`), so drift hits all. Reported: the
+median step time and the spread of the steps, throughput, the worker's peak RSS, and the ratios
+to TRL and to the bare loop, all from this one run. Then step time against sequence length and
+batch size for SFT and DPO (lit_align and the bare loop, one turn each), for how cost grows.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import statistics
 import subprocess
@@ -28,24 +33,53 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
-from bench_setup import Spec, rows, tokenizer  # noqa: E402
+from bench_setup import Spec, prepare, rows, tokenizer  # noqa: E402
+
+from lit_align.data.collate import encode_prompt_response  # noqa: E402
 
 CONTENDERS = ("lit", "trl", "bare")
-NAMES = {"lit": "lit_align", "trl": "TRL", "bare": "bare PyTorch"}
+NAMES = {"lit": "lit_align", "lit_flat": "lit_align (flat)", "trl": "TRL", "bare": "bare PyTorch"}
+NO_TRL = ("aft",)  # TRL has no AFT trainer
+# Default (rounds, steps per turn) per model: the cheap models' steps spread by 10-30% (shared
+# CPU, allocator, warm-up), so more and longer turns; a Qwen-shaped step takes seconds to tens of
+# seconds and spreads less, so one step per turn.
+TURNS = {"tiny": (5, 3), "small": (4, 3), "qwen": (3, 1)}
 
 
 def main_table_specs(quick: bool) -> list[Spec]:
-    """The workloads of the main table. The small model gets smaller batches (CPU time)."""
+    """The workloads of the main table. The small model gets smaller batches, the Qwen-shaped one
+    small ones sized so a step takes at most ~20 s on 2 cores (its LM head is most of the cost)."""
     specs = []
     for model in ("tiny",) if quick else ("tiny", "small"):
         batch = {"tiny": 16, "small": 8}[model]
         specs += [
             Spec("sft", model, batch_size=batch),
             Spec("dpo", model, batch_size=batch // 2),
+            Spec("aft", model, batch_size=batch // 4),  # questions, each with 5 chains
+            Spec("rm", model, batch_size=batch // 2),
             Spec("rloo", model, batch_size=batch // 2, max_new_tokens=48),
             Spec("generate", model, batch_size=batch // 2, max_new_tokens=48),
         ]
+    if not quick:
+        # Math-like rows (prompt ~100, response ~150 tokens) and preference-like ones (~200, 200-400).
+        math, preference = dict(max_length=512, num_train=64), dict(max_length=1024, num_train=64)
+        specs += [
+            Spec("sft", "qwen", batch_size=4, **math),
+            Spec("dpo", "qwen", batch_size=1, **preference),
+            Spec("aft", "qwen", batch_size=1, **math),
+            Spec("rm", "qwen", batch_size=4, **preference),
+            Spec("rloo", "qwen", batch_size=1, max_new_tokens=64, **math),
+        ]
     return specs
+
+
+def selected(spec: Spec, only: list[str] | None) -> bool:
+    """Whether ``--only``'s patterns pick the spec: a workload (``dpo``), a model (``qwen``) or
+    ``workload-model`` with shell wildcards (``dpo-qwen``, ``*-small``)."""
+    if not only:
+        return True
+    key = f"{spec.workload}-{spec.model}"
+    return any(p in (spec.workload, spec.model) or fnmatch.fnmatchcase(key, p) for p in only)
 
 
 def scaling_specs(quick: bool) -> list[tuple[str, Spec]]:
@@ -88,8 +122,8 @@ class Worker:
 
 def measure(spec: Spec, contenders: list[str], rounds: int, block: int, logs: Path) -> dict[str, dict]:
     """Median step time and peak RSS of each contender, timed in turns."""
-    name = f"{spec.workload}-{spec.model}-b{spec.batch_size}-s{spec.steps}"
-    workers = [Worker(c, spec, logs / f"{name}-{c}.log") for c in contenders]
+    prepare(spec)  # files the workers read (the Qwen-shaped model and rows), written once
+    workers = [Worker(c, spec, logs / f"{spec.name}-{c}.log") for c in contenders]
     try:
         for w in workers:  # built and warmed up side by side; nothing is timed yet
             w.read()
@@ -107,19 +141,25 @@ def measure(spec: Spec, contenders: list[str], rounds: int, block: int, logs: Pa
 
 
 def tokens_per_step(spec: Spec) -> float:
-    """Mean real (unpadded) tokens a step trains on: bos + prompt + response + eos per sequence."""
-    tok = tokenizer()
+    """Mean real (unpadded) tokens a step trains on: (bos) + prompt + response + eos per sequence,
+    as lit_align encodes them, times the sequences a step trains on."""
+    tok = tokenizer(spec)
+
+    def length(prompt: str, response: str) -> int:
+        encoded = encode_prompt_response(tok, prompt, response, spec.max_length // 2, spec.max_length)
+        return len(encoded["input_ids"])
+
     if spec.workload == "sft":
-        data = rows(spec, tok, "sft")
-        lengths = [len(tok(r["prompt"] + r["response"])["input_ids"]) + 2 for r in data]
+        lengths = [length(r["prompt"], r["response"]) for r in rows(spec, tok, "sft")]
+    elif spec.workload == "aft":
+        lengths = [length(r["prompt"], c["text"]) for r in rows(spec, tok, "groups") for c in r["responses"]]
     else:
-        data = rows(spec, tok, "pairs")
-        lengths = [len(tok(r["prompt"] + r[k])["input_ids"]) + 2 for r in data for k in ("chosen", "rejected")]
+        lengths = [length(r["prompt"], r[k]) for r in rows(spec, tok, "pairs") for k in ("chosen", "rejected")]
     return statistics.fmean(lengths) * spec.rows_per_step
 
 
 def throughput(result: dict, median_s: float) -> tuple[float, str]:
-    """Training tokens/s for SFT and DPO; samples/s for RLOO and generation."""
+    """Training tokens/s for SFT, DPO, AFT and RM; samples/s for RLOO and generation."""
     if result["tokens_per_step"]:
         return result["tokens_per_step"] / median_s, "tokens/s"
     spec = Spec(**result["spec"])
@@ -134,16 +174,18 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def table(results: list[dict]) -> str:
     """One row per workload and contender, with the ratios to TRL and to the bare loop."""
-    header = ["workload", "model", "contender", "median step (ms)", "throughput", "peak RSS (MB)",
-              "speed × TRL", "step / bare", "RSS / TRL"]  # fmt: skip
+    header = ["workload", "model", "contender", "median step (ms)", "steps (min–max ms)", "throughput",
+              "peak RSS (MB)", "speed × TRL", "step / bare", "RSS / TRL"]  # fmt: skip
     rows = []
     for r in results:
         spec, by = Spec(**r["spec"]), r["contenders"]
         trl, bare = by.get("trl"), by.get("bare")
         for c, m in by.items():
             value, unit = throughput(r, m["median_s"])
+            shown = f"{value:,.0f}" if value >= 10 else f"{value:.2g}"  # a Qwen-shaped RLOO: 0.2 samples/s
+            spread = f"{1000 * min(m['times']):.0f}–{1000 * max(m['times']):.0f}" if m.get("times") else ""
             rows.append([
-                spec.workload, spec.model, NAMES[c], f"{1000 * m['median_s']:.0f}", f"{value:,.0f} {unit}",
+                spec.workload, spec.model, NAMES[c], f"{1000 * m['median_s']:.0f}", spread, f"{shown} {unit}",
                 f"{m['peak_rss_mb']:.0f}",
                 f"{trl['median_s'] / m['median_s']:.2f}" if trl else "",
                 f"{m['median_s'] / bare['median_s']:.2f}" if bare else "",
@@ -173,13 +215,16 @@ def plot(results: list[dict], scaling: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(max(10, 0.7 * len(results)), 4))
     labels = [f"{r['spec']['workload']}\n{r['spec']['model']}" for r in results]
-    for i, c in enumerate(CONTENDERS):
+    present = [c for c in NAMES if any(c in r["contenders"] for r in results)]
+    width = 0.8 / len(present)
+    for i, c in enumerate(present):
         # Step time relative to the bare loop: 1.0 is the floor, higher is slower.
         heights = [r["contenders"][c]["median_s"] / r["contenders"]["bare"]["median_s"]
-                   if c in r["contenders"] else 0 for r in results]  # fmt: skip
-        ax.bar([x + (i - 1) * 0.27 for x in range(len(results))], heights, 0.27, label=NAMES[c])
+                   if c in r["contenders"] and "bare" in r["contenders"] else 0 for r in results]  # fmt: skip
+        offset = (i - (len(present) - 1) / 2) * width
+        ax.bar([x + offset for x in range(len(results))], heights, width, label=NAMES[c])
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(results)), labels)
     ax.set_ylabel("median step time / bare loop's")
@@ -192,6 +237,9 @@ def plot(results: list[dict], scaling: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, axis, xlabel in zip(axes, ("length", "batch"), ("mean tokens per sequence", "sequences per step"),
                                 strict=True):  # fmt: skip
+        if not scaling:
+            ax.set_visible(False)
+            continue
         for workload in ("sft", "dpo"):
             points = [r for r in scaling if r["axis"] == axis and r["spec"]["workload"] == workload]
             rows_per = [Spec(**r["spec"]).rows_per_step for r in points]
@@ -220,34 +268,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--quick", action="store_true", help="tiny model only, one round: a smoke run")
-    parser.add_argument("--rounds", type=int, default=3, help="turns per contender")
-    parser.add_argument("--block", type=int, default=3, help="timed steps per turn")
+    parser.add_argument("--rounds", type=int, help=f"turns per contender (default per model: {TURNS})")
+    parser.add_argument("--block", type=int, help="timed steps per turn (default per model)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the first turn")
+    parser.add_argument("--only", help="comma-separated workloads, models or workload-model patterns "
+                        "(sft, qwen, dpo-qwen, '*-small'); results merge into an existing results.json")  # fmt: skip
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="which of lit, trl, bare")
+    parser.add_argument("--lit-flat", action="store_true",
+                        help="add lit_align with the flat forward (needs the model.shared_prefix switch)")  # fmt: skip
     parser.add_argument("--no-scaling", action="store_true")
     args = parser.parse_args()
-    if args.quick:
-        args.rounds = 1
-    contenders = [c for c in CONTENDERS if c != "trl" or find_spec("trl") is not None]
-    if "trl" not in contenders:
+    only = args.only.split(",") if args.only else None
+    contenders = args.contenders.split(",") + (["lit_flat"] if args.lit_flat else [])
+    if "trl" in contenders and find_spec("trl") is None:
+        contenders.remove("trl")
         print("TRL is not installed (pip install -e '.[bench]'): benchmarking without it", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
     started = time.perf_counter()
 
-    def run(spec: Spec, who: list[str], rounds: int) -> dict:
+    def run(spec: Spec, who: list[str], turns: tuple[int, int]) -> dict:
         spec = replace(spec, extra={**spec.extra, "warmup": args.warmup})
         print(f"{spec.workload} · {spec.model} · batch {spec.batch_size} · steps {spec.steps}", file=sys.stderr)
-        by = measure(spec, who, rounds, args.block, logs)
-        tokens = tokens_per_step(spec) if spec.workload in ("sft", "dpo") else None
-        return {"spec": asdict(spec), "tokens_per_step": tokens, "contenders": by}
+        began = time.perf_counter()
+        by = measure(spec, [c for c in who if not (c == "trl" and spec.workload in NO_TRL)], *turns, logs)
+        tokens = tokens_per_step(spec) if spec.workload in ("sft", "dpo", "aft", "rm") else None
+        return {"spec": asdict(spec), "tokens_per_step": tokens, "contenders": by,
+                "wall_s": round(time.perf_counter() - began, 1)}  # fmt: skip
 
-    results = [run(spec, contenders, args.rounds) for spec in main_table_specs(args.quick)]
+    def turns(spec: Spec) -> tuple[int, int]:
+        rounds, block = (1, TURNS[spec.model][1]) if args.quick else TURNS[spec.model]
+        return args.rounds or rounds, args.block or block
+
+    specs = [s for s in main_table_specs(args.quick) if selected(s, only)]
+    results = [run(spec, contenders, turns(spec)) for spec in specs]
     scaling = []
-    if not args.no_scaling:
+    if not args.no_scaling and (not only or "scaling" in only):
         for axis, spec in scaling_specs(args.quick):
-            scaling.append({"axis": axis, **run(spec, ["lit", "bare"], 1)})  # one turn each: 16 points
+            scaling.append({"axis": axis, **run(spec, ["lit", "bare"], (1, args.block or 3))})  # one turn each
     wall = time.perf_counter() - started
+    previous = args.out / "results.json"
+    if only and previous.is_file():  # a partial rerun replaces its workloads in the last full run
+        old = json.loads(previous.read_text())
+        fresh = {Spec(**r["spec"]).name for r in results}
+        results = [r for r in old["results"] if Spec(**r["spec"]).name not in fresh] + results
+        scaling = scaling or old.get("scaling", [])
+        wall = old.get("wall_s", 0.0)
     (args.out / "results.json").write_text(
         json.dumps({"results": results, "scaling": scaling, "wall_s": wall}, indent=1)
     )

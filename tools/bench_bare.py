@@ -4,6 +4,9 @@ No framework: rows tokenised once and taken in lit_align's first-epoch order, pa
 forward (two for DPO and RLOO, with the reference), `cross_entropy` or a gather of the
 log-softmax, AdamW, gradient clipping. RLOO is on-policy with one update per rollout, so the
 sampling policy's log-probs are the training forward's, detached: no separate forward for them.
+AFT is *flat*: every chain of a group is its own full sequence (its prompt computed once per
+chain), scored by its length-normalised log-likelihood, with lit_align's pure `aft_alignment_loss`
+for L_A. The reward model is a one-label sequence classifier read at each sequence's last token.
 It is the floor the frameworks are measured against, not a usable trainer.
 """
 
@@ -15,12 +18,15 @@ import torch
 import torch.nn.functional as F
 from bench_setup import Gate, Spec, build_model, datamodule, rows, tokenizer
 
+from lit_align.objectives.aft import aft_alignment_loss
 from lit_align.rewards.math import MathReward
 
 
 def encode(tok, prompt: str, response: str | None = None) -> tuple[list[int], int]:
-    """bos + prompt (+ response + eos), and the prompt's length: lit_align's layout."""
-    prompt_ids = [tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]]
+    """bos (when the tokenizer has one) + prompt (+ response + eos), and the prompt's length:
+    lit_align's layout."""
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    prompt_ids = [*bos, *tok(prompt, add_special_tokens=False)["input_ids"]]
     if response is None:
         return prompt_ids, len(prompt_ids)
     return prompt_ids + tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], len(prompt_ids)
@@ -36,11 +42,23 @@ def padded(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torc
     return ids, mask
 
 
-def response_logps(model, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Σ_t log p(token t) over each row's response tokens: ``(batch,)``."""
+def response_logps(
+    model, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor, mean: bool = False
+) -> torch.Tensor:
+    """Σ_t log p(token t) over each row's response tokens (their mean with ``mean``): ``(batch,)``."""
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     logps = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return (logps * loss_mask[:, 1:]).sum(-1)
+    total = (logps * loss_mask[:, 1:]).sum(-1)
+    return total / loss_mask[:, 1:].sum(-1).clamp(min=1) if mean else total
+
+
+def response_mask(seqs: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """``(ids, attention_mask, loss_mask)`` of right-padded (sequence, prompt length) pairs."""
+    ids, mask = padded([s for s, _ in seqs], pad_id)
+    loss_mask = mask.clone()
+    for i, (_, prompt_len) in enumerate(seqs):
+        loss_mask[i, :prompt_len] = 0
+    return ids, mask, loss_mask
 
 
 def batches(encoded: list, batch_size: int):
@@ -52,8 +70,8 @@ def batches(encoded: list, batch_size: int):
 
 def run(spec: Spec, gate: Gate) -> None:
     torch.manual_seed(spec.seed)
-    tok = tokenizer()
-    model = build_model(spec, tok)
+    tok = tokenizer(spec)
+    model = build_model(spec, tok, head="score" if spec.workload == "rm" else "lm")
     if spec.workload == "generate":
         return sample_forever(spec, gate, tok, model, train=False)
     opt = torch.optim.AdamW(
@@ -87,17 +105,55 @@ def run(spec: Spec, gate: Gate) -> None:
         for batch in batches(pairs, spec.batch_size):
             gate.step_begin()
             seqs = [c for c, _ in batch] + [r for _, r in batch]  # chosen and rejected in one forward
-            ids, mask = padded([s for s, _ in seqs], tok.pad_token_id)
-            loss_mask = mask.clone()
-            for i, (_, prompt_len) in enumerate(seqs):
-                loss_mask[i, :prompt_len] = 0
+            ids, mask, loss_mask = response_mask(seqs, tok.pad_token_id)
             policy = response_logps(model, ids, mask, loss_mask)
             with torch.no_grad():
                 ref = response_logps(reference, ids, mask, loss_mask)
             margin = (policy - ref).view(2, -1)
             update(-F.logsigmoid(spec.beta * (margin[0] - margin[1])).mean())
+    elif spec.workload == "rm":
+        pairs = [
+            (encode(tok, r["prompt"], r["chosen"])[0], encode(tok, r["prompt"], r["rejected"])[0])
+            for r in rows(spec, tok, "pairs")
+        ]
+        for batch in batches(pairs, spec.batch_size):
+            gate.step_begin()
+            ids, mask = padded([c for c, _ in batch] + [r for _, r in batch], tok.pad_token_id)
+            scores = model(input_ids=ids, attention_mask=mask).logits[:, 0].view(2, -1)  # at the last token
+            update(-F.logsigmoid(scores[0] - scores[1]).mean())  # Bradley–Terry
+    elif spec.workload == "aft":
+        groups = [
+            ([encode(tok, r["prompt"], c["text"]) for c in r["responses"]], r["responses"])
+            for r in rows(spec, tok, "groups")
+        ]
+        for batch in batches(groups, spec.batch_size):
+            gate.step_begin()
+            ids, mask, loss_mask = response_mask([s for seqs, _ in batch for s in seqs], tok.pad_token_id)
+            scores = response_logps(model, ids, mask, loss_mask, mean=True)  # s(c), every chain in full
+            update(flat_aft_loss(spec, scores, [chains for _, chains in batch]))
     else:
         raise ValueError(f"unknown workload {spec.workload!r}")
+
+
+def flat_aft_loss(spec: Spec, scores: torch.Tensor, groups: list[list[dict]]) -> torch.Tensor:
+    """AFT's L = w·L_VFT + L_A (boundary constraint, binary feedback), mean over the groups.
+
+    ``scores`` ``(chains,)`` are the chains' length-normalised log-likelihoods, the groups' chains
+    in order; each chain is ``{"correct", "reference", ...}``. L_VFT is the mean over a group's
+    correct and reference chains of their token-mean NLL (−s); L_A pairs the correct chains with
+    the wrong ones, reference chains left out.
+    """
+    total, at = scores.new_zeros(()), 0
+    for chains in groups:
+        s = scores[at : at + len(chains)]
+        at += len(chains)
+        vft = torch.tensor([c["correct"] or c["reference"] for c in chains])
+        ranked = torch.tensor([not c["reference"] for c in chains])
+        ranks = torch.tensor([0 if c["correct"] else 1 for c in chains])
+        if vft.any():
+            total = total - spec.vft_weight * s[vft].mean()
+        total = total + aft_alignment_loss(s[ranked], ranks[ranked], spec.beta, "boundary")
+    return total / len(groups)
 
 
 def sample_forever(spec: Spec, gate: Gate, tok, model, train: bool, update=None) -> None:

@@ -3,6 +3,9 @@
 Everything a run does by default happens (the Lightning loop, the CSV logger, the checkpoint
 callback, online sampling for RLOO); only what the other contenders do not do either is off:
 evaluation before and during training, checkpoints inside the timed steps, the progress bar.
+The Qwen-shaped model and its rows come in as a user's local files would: ``model=hf`` on the
+model's folder and ``data=gsm8k|preference|cot_ranking`` on JSON Lines files (`bench_qwen`).
+``spec.extra["lit_overrides"]`` appends overrides (the ``lit_flat`` variant's switch).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import itertools
 import tempfile
 
+import bench_qwen
 import torch
 from bench_setup import MODELS, Gate, Spec, build_model, datamodule, tokenizer
 from hydra import compose, initialize_config_dir
@@ -31,15 +35,30 @@ class GateCallback(Callback):
         _gate.step_begin()
 
 
+def model_and_data(spec: Spec) -> list[str]:
+    """The model and the rows: the built-in Llama and task, or the Qwen-shaped model and its
+    files through ``model=hf`` and the file datamodules (`bench_qwen`)."""
+    lengths = [f"data.max_length={spec.max_length}", f"data.max_prompt_length={spec.max_length // 2}"]
+    if spec.model == "qwen":
+        source = bench_qwen.data_file(spec.workload, spec.seed, spec.num_train)
+        return [
+            "model=hf", f"model.name_or_path={bench_qwen.model_dir(spec.seed)}",
+            f"model.tokenizer.name_or_path={bench_qwen.tokenizer_dir(spec.seed)}",
+            *bench_qwen.lit_data_overrides(spec.workload, source), *lengths,
+        ]  # fmt: skip
+    return [
+        *(f"model.policy.{k}={v}" for k, v in MODELS[spec.model].items()),
+        f"data.num_train={spec.num_train}", "data.num_val=8", "data.num_test=8", f"data.steps={spec.steps}",
+        f"data.group_size={spec.group_size}", *lengths,
+    ]  # fmt: skip
+
+
 def overrides(spec: Spec, out_dir: str) -> list[str]:
     """The command line a user would type for this workload."""
-    size = MODELS[spec.model]
     common = [
         f"paths.output_dir={out_dir}",
         f"seed={spec.seed}",
-        *(f"model.policy.{k}={v}" for k, v in size.items()),
-        f"data.num_train={spec.num_train}", "data.num_val=8", "data.num_test=8", f"data.steps={spec.steps}",
-        f"data.max_length={spec.max_length}", f"data.max_prompt_length={spec.max_length // 2}",
+        *model_and_data(spec),
         f"optimizer.lr={spec.lr}", f"optimizer.betas=[{spec.betas[0]},{spec.betas[1]}]",
         f"optimizer.weight_decay={spec.weight_decay}", "optimizer.fused=true",  # as TRL and the bare loop
         f"grad_clip={spec.grad_clip}", "scheduler=null",
@@ -48,17 +67,22 @@ def overrides(spec: Spec, out_dir: str) -> list[str]:
         "callbacks.model_checkpoint.every_n_train_steps=1000000",
         "+callbacks.bench_gate._target_=bench_lit.GateCallback",
     ]  # fmt: skip
+    batch = f"data.batch_size={spec.batch_size}"
+    extra = list(spec.extra.get("lit_overrides", []))  # a variant's switches (bench_setup.VARIANTS)
     if spec.workload == "sft":
-        return [*common, "objective=sft", f"data.batch_size={spec.batch_size}"]
+        return [*common, "objective=sft", batch, *extra]
     if spec.workload == "dpo":
+        # Plain DPO as TRL runs it: from the given weights, no NLL term (pipeline/dpo adds one).
+        return [*common, "objective=dpo", "init=none", "objective.sft_weight=0", f"objective.beta={spec.beta}", batch,
+                *extra]  # fmt: skip
+    if spec.workload == "rm":  # pipeline/rm sets the score head (model.policy.head=score)
+        return [*common, "objective=rm", "init=none", batch, *extra]
+    if spec.workload == "aft":  # offline AFT on given groups: no SFT stage, no sampling, no best-of-N
         return [
-            *common,
-            "objective=dpo",
-            "init=none",
-            "objective.sft_weight=0",
-            f"objective.beta={spec.beta}",
-            f"data.batch_size={spec.batch_size}",
-        ]
+            *common, "objective=aft", "init=none", "rollout=none", "callbacks=default", f"objective.beta={spec.beta}",
+            "objective.constraint=boundary", "objective.feedback=binary", f"objective.vft_weight={spec.vft_weight}",
+            batch, *extra,
+        ]  # fmt: skip
     if spec.workload == "rloo":
         # One rollout (batch_size prompts × k samples) and one optimizer step on all of it per epoch.
         return [
@@ -67,7 +91,7 @@ def overrides(spec: Spec, out_dir: str) -> list[str]:
             f"rollout.num_prompts={spec.batch_size}", f"rollout.num_samples={spec.num_samples}",
             "rollout.every_n_epochs=1", f"data.batch_size={spec.batch_size * spec.num_samples}",
             f"eval.max_new_tokens={spec.max_new_tokens}", f"rollout.temperature={spec.temperature}",
-            f"rollout.generation_batch_size={spec.batch_size}", "rollout.log_samples=0",
+            f"rollout.generation_batch_size={spec.batch_size}", "rollout.log_samples=0", *extra,
         ]  # fmt: skip
     raise ValueError(f"unknown workload {spec.workload!r}")
 
@@ -85,7 +109,7 @@ def run(spec: Spec, gate: Gate) -> None:
 
 def generate(spec: Spec, gate: Gate) -> None:
     """Sampling as online RLOO does it (the `Sampler`, k samples per prompt), text only."""
-    tok = tokenizer()
+    tok = tokenizer(spec)
     model = build_model(spec, tok)
     sampler = Sampler(spec.num_samples, spec.max_new_tokens, temperature=spec.temperature, seed=spec.seed)
     rows = datamodule(spec, tok, "rollout").prompt_set().to_list()

@@ -1,6 +1,6 @@
 """Where a contender's step time goes: cProfile over timed steps of one `tools/bench.py` workload.
 
-    python tools/bench_profile.py lit sft [--model tiny] [--steps 30]
+    python tools/bench_profile.py lit sft [--model tiny|small|qwen] [--steps 30]
 
 Prints the step time split into the model's forward, autograd's backward, the optimizer, gradient
 clipping and everything else (the framework: data, logging, hooks), then the top functions by own
@@ -20,19 +20,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from bench_setup import Gate, Spec
+from bench_setup import Gate, Spec, prepare
 
 
-def buckets() -> dict[str, object]:
+def buckets() -> dict[str, list]:
     """The code objects whose cumulative time makes each bucket (decorators unwrapped)."""
-    from transformers import GenerationMixin, LlamaForCausalLM
+    from transformers import (
+        GenerationMixin,
+        LlamaForCausalLM,
+        LlamaForSequenceClassification,
+        Qwen2ForCausalLM,
+        Qwen2ForSequenceClassification,
+    )
 
+    models = (LlamaForCausalLM, LlamaForSequenceClassification, Qwen2ForCausalLM, Qwen2ForSequenceClassification)
     return {
-        "forward": inspect.unwrap(LlamaForCausalLM.forward).__code__,  # every model call, generation's too
-        "backward": torch.autograd.backward.__code__,
-        "optimizer": inspect.unwrap(torch.optim.AdamW.step).__code__,
-        "clip": inspect.unwrap(torch.nn.utils.clip_grad_norm_).__code__,
-        "generate": inspect.unwrap(GenerationMixin.generate).__code__,
+        "forward": [inspect.unwrap(m.forward).__code__ for m in models],  # every model call, generation's too
+        "backward": [torch.autograd.backward.__code__],
+        "optimizer": [inspect.unwrap(torch.optim.AdamW.step).__code__],
+        "clip": [inspect.unwrap(torch.nn.utils.clip_grad_norm_).__code__],
+        "generate": [inspect.unwrap(GenerationMixin.generate).__code__],
     }
 
 
@@ -64,8 +71,8 @@ class CountingGate(Gate):
 
 def split(stats: pstats.Stats) -> dict[str, float]:
     """Cumulative seconds in each bucket's function (none of them recurses)."""
-    index = {(code.co_filename, code.co_firstlineno, code.co_name): name for name, code in buckets().items()}
-    totals = dict.fromkeys(index.values(), 0.0)
+    index = {(c.co_filename, c.co_firstlineno, c.co_name): name for name, codes in buckets().items() for c in codes}
+    totals = dict.fromkeys(buckets(), 0.0)
     for key, (_, _, _, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
         if key in index:
             totals[index[key]] += cumulative
@@ -75,13 +82,16 @@ def split(stats: pstats.Stats) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("contender", choices=["lit", "trl", "bare"])
-    parser.add_argument("workload", choices=["sft", "dpo", "rloo", "generate"])
+    parser.add_argument("workload", choices=["sft", "dpo", "aft", "rm", "rloo", "generate"])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dump", type=Path, help="also write the raw profile here (for snakeviz, pstats)")
     args = parser.parse_args()
     spec = Spec(args.workload, args.model, batch_size=args.batch_size)
+    if args.model == "qwen":  # bench.py's rows: math-like up to 512 tokens, preference-like up to 1024
+        spec.max_length, spec.num_train = (1024 if args.workload in ("dpo", "rm") else 512), 64
+    prepare(spec)
     profiler = cProfile.Profile()
     gate = CountingGate(warmup=3, steps=args.steps, profiler=profiler)
     try:

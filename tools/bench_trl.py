@@ -22,6 +22,10 @@ here:
   eos``. The rows' prompts get ``tok.bos_token`` prepended as text (it tokenises to the bos id), so
   every sequence is ``bos + prompt + response + eos`` as in lit_align. TRL appends the eos itself
   (``completion``/``chosen``/``rejected`` + ``eos_token``).
+- RewardTrainer gets the one-label sequence classifier `build_model` makes (``head="score"``) and
+  the pairs as text; it joins ``prompt + chosen`` (and ``+ rejected``) and appends the eos itself,
+  as lit_align's encoding does; no reward centring (``center_rewards_coefficient=None``, lit_align's
+  ``center_coef=0``).
 - DPO and RLOO build their reference the way TRL does when none is given: TRL reloads the policy
   from its ``name_or_path`` (``create_model_from_path``). The policy is `build_model` saved to a
   temporary directory, whose path becomes its ``name_or_path``, so the reference TRL loads has the
@@ -36,7 +40,7 @@ import tempfile
 from typing import Any
 
 import torch
-from bench_setup import Gate, Spec, build_model, datamodule, rows, tokenizer
+from bench_setup import Gate, Spec, build_model, datamodule, model_path, rows, tokenizer
 from datasets import Dataset
 from transformers import GenerationConfig, TrainerCallback
 
@@ -54,7 +58,7 @@ class GateCallback(TrainerCallback):
 
 
 def run(spec: Spec, gate: Gate) -> None:
-    workloads = {"sft": _sft, "dpo": _dpo, "rloo": _rloo, "generate": _generate}
+    workloads = {"sft": _sft, "dpo": _dpo, "rm": _rm, "rloo": _rloo, "generate": _generate}
     if spec.workload not in workloads:
         raise ValueError(f"unknown workload {spec.workload!r}; one of {sorted(workloads)}")
     workloads[spec.workload](spec, gate)
@@ -92,8 +96,11 @@ def _common(spec: Spec, batch_size: int) -> dict[str, Any]:
 
 def _saved_policy(spec: Spec, tok) -> torch.nn.Module:
     """`build_model`, saved so TRL can load its default reference from the policy's path (see
-    `_forget_saved_policy`)."""
+    `_forget_saved_policy`); a model loaded from a folder (the Qwen-shaped one) has that path already."""
     model = build_model(spec, tok)
+    if model_path(spec) is not None:
+        model.config._name_or_path = model_path(spec)
+        return model
     path = tempfile.mkdtemp(prefix="bench_trl_policy_")
     model.save_pretrained(path)
     model.config._name_or_path = path
@@ -103,7 +110,8 @@ def _saved_policy(spec: Spec, tok) -> torch.nn.Module:
 def _forget_saved_policy(model: torch.nn.Module) -> None:
     """Removes the copy `_saved_policy` wrote once the trainer has loaded its reference from it
     (the gate ends the worker with os._exit, so nothing after ``train()`` would run)."""
-    shutil.rmtree(model.config._name_or_path, ignore_errors=True)
+    if model.config._name_or_path.startswith(tempfile.gettempdir() + "/bench_trl_policy_"):
+        shutil.rmtree(model.config._name_or_path, ignore_errors=True)
 
 
 def _with_bos(tok, prompt: str) -> str:
@@ -113,7 +121,7 @@ def _with_bos(tok, prompt: str) -> str:
 def _sft(spec: Spec, gate: Gate) -> None:
     from trl import SFTConfig, SFTTrainer
 
-    tok = tokenizer()
+    tok = tokenizer(spec)
     data = Dataset.from_list(
         [{"prompt": _with_bos(tok, r["prompt"]), "completion": r["response"]} for r in rows(spec, tok, "sft")]
     )
@@ -137,7 +145,7 @@ def _sft(spec: Spec, gate: Gate) -> None:
 def _dpo(spec: Spec, gate: Gate) -> None:
     from trl import DPOConfig, DPOTrainer
 
-    tok = tokenizer()
+    tok = tokenizer(spec)
     data = Dataset.from_list(
         [
             {"prompt": _with_bos(tok, r["prompt"]), "chosen": r["chosen"], "rejected": r["rejected"]}
@@ -157,6 +165,27 @@ def _dpo(spec: Spec, gate: Gate) -> None:
         callbacks=[GateCallback(gate)],
     )
     _forget_saved_policy(model)
+    trainer.train()
+
+
+def _rm(spec: Spec, gate: Gate) -> None:
+    from trl import RewardConfig, RewardTrainer
+
+    tok = tokenizer(spec)
+    data = Dataset.from_list(
+        [
+            {"prompt": _with_bos(tok, r["prompt"]), "chosen": r["chosen"], "rejected": r["rejected"]}
+            for r in rows(spec, tok, "pairs")
+        ]
+    )
+    args = RewardConfig(**_common(spec, spec.batch_size), max_length=spec.max_length)
+    trainer = RewardTrainer(
+        model=build_model(spec, tok, head="score"),
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[GateCallback(gate)],
+    )
     trainer.train()
 
 
@@ -180,7 +209,7 @@ def _math_reward():
 def _rloo(spec: Spec, gate: Gate) -> None:
     from trl import RLOOConfig, RLOOTrainer
 
-    tok = tokenizer()
+    tok = tokenizer(spec)
     samples = spec.batch_size * spec.num_samples
     args = RLOOConfig(
         **_common(spec, samples),  # RLOO's batch size counts completions, not prompts
@@ -214,7 +243,7 @@ def _generate(spec: Spec, gate: Gate) -> None:
     cut each completion after its first eos and decode it."""
     from trl.trainer.utils import add_fused_lm_head, pad
 
-    tok = tokenizer()
+    tok = tokenizer(spec)
     model = build_model(spec, tok)
     # As RLOOTrainer leaves the model: its forward patched with the fused LM head (generation takes
     # the original path) and in train mode (the Trainer's training_step calls model.train()).

@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.chat import encode_conversation, render_chat
 from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.formats import unpair
 from lit_align.data.rows import (
     BadRow,
     Row,
@@ -144,7 +145,9 @@ class _FileDataModule(AlignDataModule):
                 if isinstance(raw, BadRow):
                     raise raw
                 row = self.normalize(raw, index, file)
-                self._check_length(row, file, index)
+                parts = unpair(row) if self.batch_format == "unpaired" and "chosen" in row else [row]
+                for part in parts:
+                    self._check_length(part, file, index)
             except BadRow as bad:
                 option = _OPTION.get(bad.reason, "on_bad_row")
                 if option and getattr(self, option) == "error":
@@ -154,7 +157,7 @@ class _FileDataModule(AlignDataModule):
                 first = first or str(bad)
                 continue
             self._count("data/empty_responses", row.pop(_EMPTY_RESPONSES, 0))
-            rows.append(row)
+            rows.extend(parts)
         self.stats["data/dropped_rows"] = self.stats.get("data/dropped_rows", 0) + skipped.total()  # always there
         for reason, n in skipped.items():
             self._count(f"data/dropped_rows/{reason}", n)
@@ -234,8 +237,11 @@ class PreferenceDataModule(_FileDataModule):
             prompt, chosen, rejected = texts["prompt"], texts["chosen"], texts["rejected"]
         if self.batch_format == "sft":
             return {"prompt": prompt, "response": chosen}
-        if self.batch_format != "pairs":
-            raise ValueError("data=preference provides pairs (objective=dpo) or SFT rows (objective=sft), not groups")
+        if self.batch_format not in ("pairs", "unpaired"):  # unpaired: each pair is two rows (`unpair`)
+            raise ValueError(
+                "data=preference provides pairs (objective=dpo), unpaired rows (objective=kto) or SFT rows "
+                "(objective=sft), not groups"
+            )
         if self.drop_ties:
             fields = ("score_chosen", "score_rejected")
             require(row, fields, source, index)

@@ -149,6 +149,17 @@ def test_pairs_and_the_built_in_task_become_unpaired_rows(tokenizer, tmp_path):
     assert arith.train_split()["label"] == [True, False] * 5
 
 
+def test_ultrafeedback_pairs_become_unpaired_rows(tokenizer):
+    """The UltraFeedback fixture's 11 good pairs and its tie (rows 5 and 12 skipped) as 24 rows,
+    the chosen conversation's answer desirable; 4 held out."""
+    from tests.test_hub_data import ULTRAFEEDBACK
+
+    dm = PreferenceDataModule(tokenizer, source=str(ULTRAFEEDBACK), batch_format="unpaired", on_bad_row="skip",
+                              num_val=2, num_test=2)  # fmt: skip
+    dm.setup()
+    assert len(dm.train_split()) == 24 - 4 and dm.train_split()["label"] == [True, False] * 10
+
+
 def test_kto_trains_from_an_unpaired_file(tmp_path):
     source = _jsonl(tmp_path / "u.jsonl", UNPAIRED * 2)
     overrides = ["objective=kto", "data=unpaired", f"data.source={source}", "data.num_val=4", "data.num_test=4"]

@@ -227,8 +227,9 @@ class AlignModule(L.LightningModule):
         micro-batches; with ``backward``, gradients accumulate micro-batch by micro-batch."""
         loss = torch.zeros((), device=self.device)
         metrics: dict[str, list[Tensor]] = defaultdict(list)
+        step = self.step_inputs(batch)
         for micro in batch:
-            out = self.objective_step(micro, normalizer)
+            out = self.objective_step(micro, normalizer, step)
             if backward:
                 self.manual_backward(out.loss)
             loss += out.loss.detach()
@@ -236,9 +237,14 @@ class AlignModule(L.LightningModule):
                 metrics[key].append(value)
         return loss, {key: torch.stack(values).mean() for key, values in metrics.items()}
 
-    def objective_step(self, micro: Responses, normalizer: Tensor) -> ObjectiveOutput:
+    def objective_step(
+        self, micro: Responses, normalizer: Tensor, step: dict[str, Tensor] | None = None
+    ) -> ObjectiveOutput:
         """Runs the policy (and the reference, and the critic) over one micro-batch's prompts
-        and responses and applies the objective."""
+        and responses and applies the objective; ``step`` is `step_inputs` of its optimizer step
+        (``None``: the micro-batch is the whole step)."""
+        if step is None:
+            step = self.step_inputs([micro])
         inputs, shared = micro.forward_inputs(), self.shared_prefix
         if self.objective.inputs == "scores":  # a reward model: one score per response
             return self.objective(micro, response_scores(self.policy, **inputs, shared=shared), None, normalizer)
@@ -252,7 +258,26 @@ class AlignModule(L.LightningModule):
         ref_logps = None
         if self.objective.needs_reference and getattr(micro, "ref_logps", None) is None:  # else computed earlier
             ref_logps = self.reference_logps(inputs)
-        return self.objective(micro, out.logps, ref_logps, normalizer, **extras)
+        return self.objective(micro, out.logps, ref_logps, normalizer, **extras, **step)
+
+    @torch.no_grad()
+    def step_inputs(self, batch: list[Responses]) -> dict[str, Tensor]:
+        """What the objective reads of the whole optimizer step in each micro-batch: for
+        ``needs_kl_pairs`` (KTO), ``kl_estimate``, the mean over the step's mismatched pairs
+        (`UnpairedBatch.kl_inputs`, every micro-batch and rank) of log π − log π_ref, scored
+        without gradient before the gradient pass, so that it does not depend on micro-batching."""
+        if not self.objective.needs_kl_pairs:
+            return {}
+        total, count = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        for micro in batch:
+            inputs = micro.kl_inputs()
+            logps = response_logps(self.policy, **inputs, shared=self.shared_prefix).logps
+            total += masked_sum(logps - self.reference_logps(inputs), micro.kl_response_mask).float()
+            count += micro.num_responses
+        if self._trainer is not None and self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        return {"kl_estimate": total / count.clamp(min=1)}
 
     @torch.no_grad()
     def reference_logps(self, inputs: dict[str, Tensor]) -> Tensor:

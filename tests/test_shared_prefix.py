@@ -21,11 +21,14 @@ from lit_align.models.tiny import tiny_llama
 from lit_align.module import AlignModule
 from lit_align.objectives.aft import AFT
 from lit_align.objectives.dpo import DPO
+from lit_align.objectives.kto import KTO
+from lit_align.objectives.orpo import ORPO
 from lit_align.objectives.policy_gradient import KLPenalty
 from lit_align.objectives.ppo import PPO
 from lit_align.objectives.rloo import RLOO
 from lit_align.objectives.rm import RM
 from lit_align.objectives.sft import SFT
+from lit_align.objectives.simpo import SimPO
 from lit_align.rollout.sampler import Sampler
 
 PROMPTS = ["Ann has 3 pens. She finds 4.\n", "12+7=?\n", "Tom has 9 cups and gives 2 away.\n"]
@@ -37,6 +40,9 @@ def _encoded(tokenizer, fmt: str) -> list[dict]:
         return [encode_prompt_response(tokenizer, p, "7" * (1 + i), 64, 96) for i, p in enumerate(PROMPTS)]
     if fmt == "pairs":
         return [encode_pair(tokenizer, p, "#### " + "7" * (1 + i), "#### 1", 64, 96) for i, p in enumerate(PROMPTS)]
+    if fmt == "unpaired":
+        rows = [{"prompt": p, "completion": "#### " + "7" * (1 + i), "label": i != 1} for i, p in enumerate(PROMPTS)]
+        return [FORMATS["unpaired"].encode(tokenizer, row, 64, 96) for row in rows]
     groups = []
     for i, p in enumerate(PROMPTS):
         chains = [{"text": "1" * (j + 1 + i), "correct": j == 0, "rank": j, "reference": j == 3} for j in range(4)]
@@ -88,6 +94,9 @@ CASES = {
     "dpo-ipo": (partial(DPO, loss_type="ipo"), "pairs"),
     "dpo-hinge": (partial(DPO, loss_type="hinge"), "pairs"),
     "dpo-nll": (partial(DPO, sft_weight=1.0), "pairs"),
+    "simpo": (partial(SimPO, label_smoothing=0.1), "pairs"),
+    "orpo": (partial(ORPO, lam=0.5), "pairs"),
+    "kto": (partial(KTO, desirable_weight=1.3), "unpaired"),
     "aft-binary": (AFT, "groups"),
     "aft-ranking": (partial(AFT, feedback="ranking"), "groups"),
     "rloo": (partial(RLOO, KLPenalty(coef=0.1, estimator="k3", placement="loss")), "rollout"),

@@ -119,3 +119,24 @@ class RolloutBatch(Responses):
     advantages: Tensor | None = None
     returns: Tensor | None = None
     old_values: Tensor | None = None
+
+
+@dataclass
+class UnpairedBatch(Responses):
+    """Single responses with a thumbs-up or thumbs-down (KTO), one per prompt (``R == P``), and
+    each prompt again with a mismatched response: another row's, for the KL reference point.
+
+    Attributes:
+        desirable: ``(R,)`` bool, whether response ``r`` is desirable.
+        kl_response_ids: ``(R, Tk)`` the mismatched response that prompt ``r`` is paired with
+            (the previous row's of the optimizer step, as TRL cycles them), right-padded.
+        kl_response_mask: ``(R, Tk)`` 1 on its tokens.
+    """
+
+    desirable: Tensor
+    kl_response_ids: Tensor
+    kl_response_mask: Tensor
+
+    def kl_inputs(self) -> dict[str, Tensor]:
+        """The response forward's inputs for the mismatched pairs (`Responses.forward_inputs`)."""
+        return {**self.forward_inputs(), "response_ids": self.kl_response_ids, "response_mask": self.kl_response_mask}

@@ -24,6 +24,7 @@ from lit_align.data.loader import ResumableLoader
 #   sft:    prompt, response
 #   pairs:  prompt, chosen, rejected
 #   groups: prompt, responses = [{text, correct, rank, reference}, ...]
+#   unpaired: prompt, completion, label (bool)
 #   rollout: a prompt with its samples as tensors (`lit_align.rollout.experience`), made only
 #            by online sampling
 # Each is encoded and collated by its `lit_align.data.formats.RowFormat`.
@@ -206,7 +207,7 @@ class AlignDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             batch_size=batch,
             drop_last=len(train) >= self.batch_size,  # every step sees a full batch
-            collate_fn=StepCollator(collate, self.micro_batch_size or batch),
+            collate_fn=StepCollator(collate, self.micro_batch_size or batch, FORMATS[self.batch_format].prepare_step),
             num_workers=self.num_workers,
         )
 
@@ -219,7 +220,8 @@ class AlignDataModule(L.LightningDataModule):
         if "prompt_ids" in dataset.column_names:
             collate = partial(collate_prompts, pad_id=pad_id)
         else:
-            collate = StepCollator(partial(FORMATS[self.batch_format].collate, pad_id=pad_id), self.eval_batch_size)
+            fmt = FORMATS[self.batch_format]
+            collate = StepCollator(partial(fmt.collate, pad_id=pad_id), self.eval_batch_size, fmt.prepare_step)
         # Its own generator: creating the iterator draws a worker seed from it, not from the
         # global RNG, so evaluating more or less often cannot change what training draws.
         return DataLoader(dataset, batch_size=self.eval_batch_size, collate_fn=collate,

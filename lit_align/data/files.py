@@ -35,6 +35,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.chat import encode_conversation, render_chat
 from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.formats import unpair
 from lit_align.data.rows import (
     BadRow,
     DataError,
@@ -149,7 +150,9 @@ class _FileDataModule(AlignDataModule):
                 if isinstance(raw, BadRow):
                     raise raw
                 row = self.normalize(raw, index, file)
-                self._check_length(row, file, index)
+                parts = unpair(row) if self.batch_format == "unpaired" and "chosen" in row else [row]
+                for part in parts:
+                    self._check_length(part, file, index)
             except BadRow as bad:
                 option = _OPTION.get(bad.reason, "on_bad_row")
                 if option and getattr(self, option) == "error":
@@ -159,7 +162,7 @@ class _FileDataModule(AlignDataModule):
                 first = first or str(bad)
                 continue
             self._count("data/empty_responses", row.pop(_EMPTY_RESPONSES, 0))
-            rows.append(row)
+            rows.extend(parts)
         self.stats["data/dropped_rows"] = self.stats.get("data/dropped_rows", 0) + skipped.total()  # always there
         for reason, n in skipped.items():
             self._count(f"data/dropped_rows/{reason}", n)
@@ -239,8 +242,11 @@ class PreferenceDataModule(_FileDataModule):
             prompt, chosen, rejected = texts["prompt"], texts["chosen"], texts["rejected"]
         if self.batch_format == "sft":
             return {"prompt": prompt, "response": chosen}
-        if self.batch_format != "pairs":
-            raise ValueError("data=preference provides pairs (objective=dpo) or SFT rows (objective=sft), not groups")
+        if self.batch_format not in ("pairs", "unpaired"):  # unpaired: each pair is two rows (`unpair`)
+            raise ValueError(
+                "data=preference provides pairs (objective=dpo), unpaired rows (objective=kto) or SFT rows "
+                "(objective=sft), not groups"
+            )
         if chosen == rejected:  # no preference to learn, and a zero margin some losses divide by
             raise bad_row(source, index, "identical_pair", "'chosen' is the same as 'rejected'")
         if self.drop_ties:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from lit_align.data.batch import GroupBatch, PairBatch, Responses, RolloutBatch, SFTBatch
+from lit_align.data.batch import GroupBatch, PairBatch, Responses, RolloutBatch, SFTBatch, UnpairedBatch
 from lit_align.data.collate import encode_group, encode_pair, encode_prompt_response, pad
 
 Row = dict[str, Any]
@@ -34,6 +34,11 @@ class RowFormat:
 
     def collate(self, rows: Sequence[Row], pad_id: int) -> Responses:
         raise NotImplementedError
+
+    def prepare_step(self, rows: Sequence[Row]) -> Sequence[Row]:
+        """One optimizer step's rows (on this device) before they are cut into micro-batches:
+        for what a row needs from the others of its step (KTO's mismatched responses)."""
+        return rows
 
 
 def split_prompt(ids: Sequence[int], prompt_len: int) -> tuple[list[int], list[int]]:
@@ -127,6 +132,48 @@ class GroupFormat(RowFormat):
         return GroupBatch(**responses_tensors(prompts, responses, index, pad_id), **labels)
 
 
+class UnpairedFormat(RowFormat):
+    """``prompt``, ``completion``, ``label`` (bool) → one prompt with one response, and the same
+    prompt with a mismatched response for KTO's KL reference point.
+
+    The mismatched responses are assigned over the whole step (`prepare_step`), before it is cut
+    into micro-batches, so they do not depend on micro-batching: row ``i`` of the step gets row
+    ``i − 1``'s response (row 0 the last row's), as TRL's KTO trainer cycles completions within
+    the per-device batch (``trl/trainer/kto_trainer.py``, ``add_kl_completion_ids``: ``[c[-1]] +
+    c[:-1]``). A step of one row pairs it with its own response.
+    """
+
+    name = "unpaired"
+
+    def encode(self, tokenizer: PreTrainedTokenizerBase, row: Row, max_prompt_length: int, max_length: int) -> Row:
+        encoded = encode_prompt_response(tokenizer, row["prompt"], row["completion"], max_prompt_length, max_length)
+        return {**encoded, "label": bool(row["label"])}
+
+    def prepare_step(self, rows: Sequence[Row]) -> list[Row]:
+        responses = [split_prompt(r["input_ids"], r["prompt_len"])[1] for r in rows]
+        return [{**row, "kl_response": responses[i - 1]} for i, row in enumerate(rows)]
+
+    def collate(self, rows: Sequence[Row], pad_id: int) -> UnpairedBatch:
+        if rows and "kl_response" not in rows[0]:  # collated alone: the rows are the whole step
+            rows = self.prepare_step(rows)
+        split = [split_prompt(r["input_ids"], r["prompt_len"]) for r in rows]
+        fields = responses_tensors([p for p, _ in split], [s for _, s in split], range(len(rows)), pad_id)
+        kl_ids, kl_mask = pad([r["kl_response"] or [pad_id] for r in rows], pad_id)
+        for i, r in enumerate(rows):
+            if not r["kl_response"]:
+                kl_mask[i] = 0
+        desirable = torch.tensor([bool(r["label"]) for r in rows], dtype=torch.bool)
+        return UnpairedBatch(**fields, desirable=desirable, kl_response_ids=kl_ids, kl_response_mask=kl_mask)
+
+
+def unpair(row: Row) -> list[Row]:
+    """A preference pair as two unpaired rows: the chosen response desirable, the rejected one
+    not (as TRL's ``unpair_preference_dataset``). Other fields stay with both."""
+    rest = {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
+    return [{**rest, "completion": row["chosen"], "label": True},
+            {**rest, "completion": row["rejected"], "label": False}]  # fmt: skip
+
+
 ROLLOUT_TENSORS = ("old_logps", "ref_logps", "advantages", "returns", "old_values")
 
 
@@ -167,4 +214,6 @@ def _fit(values: Tensor, width: int, fill: float) -> Tensor:
     return torch.nn.functional.pad(values, (0, width - values.shape[1]), value=fill)
 
 
-FORMATS: dict[str, RowFormat] = {f.name: f for f in (SFTFormat(), PairFormat(), GroupFormat(), RolloutFormat())}
+FORMATS: dict[str, RowFormat] = {
+    f.name: f for f in (SFTFormat(), PairFormat(), GroupFormat(), RolloutFormat(), UnpairedFormat())
+}

@@ -10,6 +10,7 @@ from datasets import Dataset, DatasetDict
 
 from lit_align.data.chat import chat_prompt
 from lit_align.data.datamodule import AlignDataModule, map_rows
+from lit_align.data.formats import unpair
 
 
 class GeneratedTaskDataModule(AlignDataModule):
@@ -23,6 +24,8 @@ class GeneratedTaskDataModule(AlignDataModule):
     - ``sft``: prompt → ``demonstration(rng, row)`` (the solution unless a subclass makes the
       demonstrations imperfect);
     - ``pairs``: the solution is chosen, one wrong response rejected;
+    - ``unpaired``: the pair's two responses as two rows, the solution desirable, the wrong
+      one not;
     - ``groups``: the solution (rank 0) and ``group_size - 1`` wrong responses;
     - ``rollout``: prompts only (online sampling brings the rows);
     - held-out rows: prompt and ``answer``, or training rows when ``eval_by_generation`` is off.
@@ -76,7 +79,7 @@ class GeneratedTaskDataModule(AlignDataModule):
                 return {"prompt": prompt, "response": self.demonstration(rng, row)}
             if self.batch_format == "rollout":
                 return {"prompt": prompt}
-            if self.batch_format == "pairs":
+            if self.batch_format in ("pairs", "unpaired"):  # unpaired: made two rows by `unpair`
                 return {"prompt": prompt, "chosen": solution, "rejected": self.wrong_responses(rng, row, 1)[0][0]}
             responses = [{"text": solution, "correct": True, "rank": 0, "reference": False}]
             responses += [{"text": text, "correct": False, "rank": rank, "reference": False}
@@ -88,8 +91,13 @@ class GeneratedTaskDataModule(AlignDataModule):
                 return train_row(row)
             return {"prompt": self._prompt(row), "answer": row["answer"]}
 
+        def rows(made: list[dict[str, Any]]) -> Dataset:
+            if self.batch_format == "unpaired":  # the correct chain thumbs-up, the corrupted one down
+                made = [u for row in made for u in (unpair(row) if "chosen" in row else [row])]
+            return Dataset.from_list(made)
+
         return DatasetDict(
-            train=Dataset.from_list([train_row(r) for r in splits["train"]]),
-            validation=Dataset.from_list([held_out_row(r) for r in splits["validation"]]),
-            test=Dataset.from_list([held_out_row(r) for r in splits["test"]]),
+            train=rows([train_row(r) for r in splits["train"]]),
+            validation=rows([held_out_row(r) for r in splits["validation"]]),
+            test=rows([held_out_row(r) for r in splits["test"]]),
         )

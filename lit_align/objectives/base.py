@@ -50,6 +50,10 @@ class Objective(nn.Module):
     # Whether the entropy needs a gradient (an entropy bonus); without one it is computed under
     # no_grad, so logging it does not keep a float32 (batch, seq, vocab) tensor for backward.
     entropy_grad: bool = False
+    # Whether ``forward`` reads ``kl_estimate``: the mean over the optimizer step's mismatched
+    # prompt/response pairs (all micro-batches and ranks) of log π − log π_ref, from a no-grad
+    # pass before the step's gradient pass (KTO's reference point; `AlignModule.step_inputs`).
+    needs_kl_pairs: bool = False
 
     @property
     def batch_format(self) -> str:

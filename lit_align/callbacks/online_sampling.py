@@ -20,6 +20,7 @@ from lit_align.data.collate import encode_prompt, pad
 from lit_align.models.sharding import is_sharded
 from lit_align.rewards.base import score
 from lit_align.rollout.buffer import rollout_metrics, rows_from_samples
+from lit_align.rollout.dynamic_sampling import informative_groups, merge, select_groups
 from lit_align.rollout.experience import experience_rows, split_rollout
 from lit_align.rollout.sampler import Sampler
 
@@ -66,6 +67,13 @@ class OnlineSampling(L.Callback):
             it. RLOO and PPO ignore it: they train on samples only.
         seed: seeds the prompt order and every refresh's sampling.
         log_samples: samples per refresh written to the sample table.
+        dynamic_sampling: DAPO's dynamic sampling (policy-gradient objectives): prompts whose
+            samples all scored the same are dropped and fresh prompts sampled in their place
+            until the rollout has ``num_prompts`` (`lit_align.rollout.dynamic_sampling`); logs
+            ``rollout/filtered_groups`` and ``rollout/refill_rounds``. The rollout metrics
+            cover every sample drawn.
+        max_refill_rounds: at most this many top-up rounds per refresh; a rollout still short
+            after them trains on the prompts it has.
     """
 
     def __init__(
@@ -83,6 +91,8 @@ class OnlineSampling(L.Callback):
         include_reference: bool = False,
         seed: int = 0,
         log_samples: int = 8,
+        dynamic_sampling: bool = False,
+        max_refill_rounds: int = 3,
     ) -> None:
         if num_prompts is not None and num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1 or null, got {num_prompts}")
@@ -97,6 +107,10 @@ class OnlineSampling(L.Callback):
         self.include_reference = include_reference
         self.seed = seed
         self.log_samples = log_samples
+        if max_refill_rounds < 0:
+            raise ValueError(f"max_refill_rounds must be >= 0, got {max_refill_rounds}")
+        self.dynamic_sampling, self.max_refill_rounds = dynamic_sampling, max_refill_rounds
+        self._round = 0  # the top-up round of the current refresh (seeds its sampling)
         self.refreshes = 0  # checkpointed with the cursor, so a resumed run samples new prompts
         self.cursor = 0
         self.rows: list[dict[str, Any]] | None = None  # the current buffer
@@ -178,18 +192,12 @@ class OnlineSampling(L.Callback):
             self._prompts = datamodule.prompt_set()
         prompt_set = self._prompts
         chosen = self._next_prompts(len(prompt_set))
-        if len(chosen) % trainer.world_size and is_sharded(pl_module.policy):
-            # Every forward of a sharded model is a collective: all ranks need as many generate calls.
-            raise ValueError(
-                f"strategy=fsdp2 needs as many prompts on every rank: {len(chosen)} prompts per refresh do not "
-                f"split over {trainer.world_size} processes (set rollout.num_prompts to a multiple)"
-            )
-        shard = prompt_set.select(chosen[trainer.global_rank :: trainer.world_size])
-        samples = self._sample_and_score(pl_module, datamodule, shard)
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            gathered: list[Any] = [None] * trainer.world_size
-            dist.all_gather_object(gathered, samples)
-            samples = {key: [v for part in gathered for v in part[key]] for key in samples}
+        self._round = 0
+        samples = drawn = self._draw(trainer, pl_module, chosen)
+        dynamic = {}
+        if self.dynamic_sampling and datamodule.batch_format == "rollout":
+            samples, dynamic = self._top_up(trainer, pl_module, samples, len(chosen))
+            drawn = dynamic.pop("drawn")
         if datamodule.batch_format == "rollout":
             # After the gather, so advantages (and PPO's whitening) see the whole rollout, and
             # every rank builds the same rows from the same samples.
@@ -212,7 +220,7 @@ class OnlineSampling(L.Callback):
             rank_zero_warn("online sampling made no training rows this refresh; training goes on on the last buffer")
         self.refreshes += 1
         k = self.sampler.num_samples
-        metrics = rollout_metrics(samples["rewards"], samples["lengths"], samples["truncated"], self.threshold, k)
+        metrics = rollout_metrics(drawn["rewards"], drawn["lengths"], drawn["truncated"], self.threshold, k) | dynamic
         if datamodule.batch_format == "rollout" and kl:  # no KL yet when the step scores the rollout itself
             mean_kl = sum(kl) / len(kl)
             metrics |= {"rollout/kl": mean_kl, "rollout/kl_coef": float(pl_module.objective.kl_coef)}
@@ -225,10 +233,49 @@ class OnlineSampling(L.Callback):
             f"{len(rows)} rows, {metrics['rollout/seconds']:.0f} s"
         )
 
-    def _next_prompts(self, size: int) -> list[int]:
-        """The next ``num_prompts`` indices of a seeded permutation of the prompt set."""
+    def _draw(self, trainer: L.Trainer, pl_module: Any, chosen: list[int]) -> dict[str, list[Any]]:
+        """Samples and rewards of the prompts ``chosen``, each rank sampling its shard, gathered."""
+        if len(chosen) % trainer.world_size and is_sharded(pl_module.policy):
+            # Every forward of a sharded model is a collective: all ranks need as many generate calls.
+            raise ValueError(
+                f"strategy=fsdp2 needs as many prompts on every rank: {len(chosen)} prompts per refresh do not "
+                f"split over {trainer.world_size} processes (set rollout.num_prompts to a multiple)"
+            )
+        shard = self._prompts.select(chosen[trainer.global_rank :: trainer.world_size])
+        samples = self._sample_and_score(pl_module, trainer.datamodule, shard)
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(gathered, samples)
+            samples = {key: [v for part in gathered for v in part[key]] for key in samples}
+        return samples
+
+    def _top_up(
+        self, trainer: L.Trainer, pl_module: Any, samples: dict[str, list[Any]], target: int
+    ) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+        """DAPO's dynamic sampling: drop the prompts whose samples all scored the same and draw
+        fresh ones until ``target`` prompts remain (at most ``max_refill_rounds`` rounds). Every
+        rank sees the same gathered rewards, so all take the same rounds."""
+        k, drawn = self.sampler.num_samples, samples
+        keep = informative_groups(samples["rewards"], k)
+        filtered, samples = keep.count(False), select_groups(samples, keep, k)
+        while len(samples["prompts"]) < target and self._round < self.max_refill_rounds:
+            self._round += 1
+            need = target - len(samples["prompts"])
+            if is_sharded(pl_module.policy):
+                need = -(-need // trainer.world_size) * trainer.world_size
+            more = self._draw(trainer, pl_module, self._next_prompts(len(self._prompts), need))
+            keep = informative_groups(more["rewards"], k)
+            filtered += keep.count(False)
+            drawn, samples = merge(drawn, more), merge(samples, select_groups(more, keep, k))
+        samples = select_groups(samples, [i < target for i in range(len(samples["prompts"]))], k)
+        stats = {"rollout/filtered_groups": float(filtered), "rollout/refill_rounds": float(self._round)}
+        return samples, stats | {"drawn": drawn}
+
+    def _next_prompts(self, size: int, count: int | None = None) -> list[int]:
+        """The next ``count`` (default ``num_prompts``) indices of a seeded permutation of the prompt set."""
         order = random.Random(self.seed).sample(range(size), size)
-        count = size if self.num_prompts is None else self.num_prompts
+        if count is None:
+            count = size if self.num_prompts is None else self.num_prompts
         chosen = [order[(self.cursor + i) % size] for i in range(count)]
         self.cursor = (self.cursor + count) % size
         return chosen
@@ -246,7 +293,10 @@ class OnlineSampling(L.Callback):
             ids = [encode_prompt(tokenizer, text, datamodule.max_prompt_length)[0] for text in texts]
             prompt_ids, prompt_mask = pad(ids, tokenizer.pad_token_id, left=True)
             # A fresh seed per refresh, rank and chunk: each refresh draws new samples.
-            seed = random.Random(f"{self.seed}/{self.refreshes}/{pl_module.global_rank}/{start}").getrandbits(62)
+            # (A top-up round of dynamic sampling adds its number.)
+            key = f"{self.seed}/{self.refreshes}/{pl_module.global_rank}/{start}"
+            key += f"/{self._round}" if self._round else ""
+            seed = random.Random(key).getrandbits(62)
             rollout = self.sampler(policy, tokenizer, prompt_ids.to(pl_module.device), prompt_mask.to(pl_module.device),
                                    seed=seed, with_logps=False)  # fmt: skip
             if rl:  # the tokens as sampled, with the policy's, reference's (and critic's) outputs
@@ -260,6 +310,8 @@ class OnlineSampling(L.Callback):
             name: [v for v in prompts[name] for _ in range(k)] for name in prompts.column_names if name != "prompt"
         }
         repeated = [p for p in out["prompts"] for _ in range(k)]
+        if getattr(self.reward, "wants_completion_length", False):  # a length-shaped reward (OverlongPenalty)
+            columns["completion_length"] = out["lengths"]
         out["rewards"] = score(self.reward, repeated, out["completions"], **columns)
         return out
 

@@ -100,11 +100,13 @@ class PolicyGradientObjective(Objective):
     # true when they depend only on the samples of each prompt (a micro-batch holds whole prompts).
     in_step_advantages: bool = False
 
-    def __init__(self, kl: KLPenalty, aggregation: str) -> None:
+    def __init__(self, kl: KLPenalty, aggregation: str, max_tokens: int | None = None) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        self.kl, self.aggregation = kl, aggregation
+        if aggregation == "token_sum" and (max_tokens is None or max_tokens < 1):
+            raise ValueError(f"aggregation token_sum divides by max_tokens (the generation budget), got {max_tokens}")
+        self.kl, self.aggregation, self.max_tokens = kl, aggregation, max_tokens
         self.register_buffer("kl_coef", torch.tensor(float(kl.coef)))
 
     def normalizer(self, batch: RolloutBatch) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 from lit_align.objectives.reduce import masked_mean, masked_sum
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
-AGGREGATIONS = ("token_mean", "seq_mean", "seq_sum")
+AGGREGATIONS = ("token_mean", "seq_mean", "seq_sum", "token_sum")
 
 
 def kl_estimate(logps: Tensor, ref_logps: Tensor, estimator: str) -> Tensor:
@@ -126,7 +126,7 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip
     return 0.5 * loss
 
 
-def aggregate(losses: Tensor, mask: Tensor, aggregation: str) -> Tensor:
+def aggregate(losses: Tensor, mask: Tensor, aggregation: str, max_tokens: int | None = None) -> Tensor:
     """The micro-batch's share of a step loss, before division by the step's normalizer:
 
     - ``token_mean``: Σ_{i,t} ℓ_it, normalised by the step's response tokens (every token
@@ -134,7 +134,11 @@ def aggregate(losses: Tensor, mask: Tensor, aggregation: str) -> Tensor:
     - ``seq_mean``: Σ_i (1/|y_i|) Σ_t ℓ_it, normalised by the step's sequences (each sequence
       weighs the same; GRPO);
     - ``seq_sum``: Σ_{i,t} ℓ_it, normalised by the step's sequences (the sequence log-likelihood
-      of the REINFORCE/RLOO papers: −A_i·log π(y_i|x) summed over tokens).
+      of the REINFORCE/RLOO papers: −A_i·log π(y_i|x) summed over tokens);
+    - ``token_sum``: Σ_{i,t} ℓ_it / L, normalised by the step's sequences, with L =
+      ``max_tokens`` a constant (the generation budget): Dr. GRPO (Liu et al. 2025, arXiv
+      2503.20783), which divides by a constant so no response's tokens weigh more for being
+      short; TRL's ``loss_type="dr_grpo"`` (``/ (rows · max_completion_length)``).
 
     ``losses``, ``mask``: ``(rows, T)``; returns a scalar.
     """
@@ -142,6 +146,10 @@ def aggregate(losses: Tensor, mask: Tensor, aggregation: str) -> Tensor:
         return masked_mean(losses, mask, dim=1).sum()
     if aggregation in ("token_mean", "seq_sum"):
         return masked_sum(losses, mask)
+    if aggregation == "token_sum":
+        if not max_tokens or max_tokens < 1:
+            raise ValueError(f"aggregation token_sum divides by a constant max_tokens >= 1, got {max_tokens}")
+        return masked_sum(losses, mask) / max_tokens
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
 
 

@@ -86,7 +86,8 @@ def _check_combinations(cfg: DictConfig) -> None:
     """Settings that each work but not together, refused before the SFT stage or any model."""
     objective = locate_target(cfg.get("objective"))
     name = f"objective={objective.__name__.lower()}" if objective else "the objective"
-    batch_format = getattr(objective, "batch_format", None)
+    # The objective class's row format (its `batch_format` is a property of instances).
+    batch_format = getattr(getattr(objective, "row_format", None), "name", None)
     scores = getattr(objective, "inputs", None) == "scores"  # a reward model: a score head, no generation
     # `rollout=none` with an objective that sets rollout keys leaves a node without a _target_.
     rollout = cfg.get("rollout")
@@ -136,9 +137,11 @@ def _check_online(cfg: DictConfig, rollout: DictConfig, name: str, batch_format:
             "(its rows come with their responses): set rollout=none"
         )
     k = rollout.get("num_samples", 1)
-    if name == "objective=rloo" and k < 2:
+    objective = locate_target(cfg.get("objective"))
+    if batch_format == "rollout" and not getattr(objective, "needs_values", False) and k < 2:
+        # PPO's baseline is its critic; the others' is the rest of the prompt's group.
         raise ConfigError(
-            f"objective=rloo's baseline is the mean reward of a prompt's other samples, so it needs "
+            f"{name}'s baseline is the rewards of a prompt's other samples, so it needs "
             f"rollout.num_samples >= 2 (got {k}: every advantage would be 0)"
         )
     if batch_format in ("pairs", "groups") and k < 2 and not rollout.get("include_reference", False):

@@ -22,8 +22,10 @@ NEEDS = {
     ("reward", "model"): ["reward.name_or_path=/some/reward_model"],
     ("strategy", "fsdp"): ["trainer.accelerator=gpu"],  # FSDP1 is refused on CPU (tested below)
     **{("data", d): ["data.source=/some/rows.jsonl"] for d in ("chat", "preference", "cot_ranking", "gsm8k")},
+    ("data", "unpaired"): ["data.source=/some/rows.jsonl", "objective=kto"],
     # An objective's pipeline is picked by the objective (pipeline=rm alone: a score head under SFT).
-    **{("pipeline", o): [f"objective={o}"] for o in ("aft", "dpo", "ppo", "rloo", "rm")},
+    **{("pipeline", o): [f"objective={o}"] for o in ("aft", "dpo", "ppo", "rloo", "rm", "grpo")},
+    ("pipeline", "preference"): ["objective=simpo"],
 }
 
 

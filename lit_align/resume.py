@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lit_align.schema import ConfigError
+from lit_align.errors import ConfigError
 
 # Settings that decide nothing a resumed run computes: where things go, what is shown and
 # logged, how often checkpoints are written, whether the start is evaluated. Any other change
@@ -111,8 +111,10 @@ def drop_history_after(run_dir: Path, checkpoint: dict[str, Any]) -> None:
     """Removes the rows of ``metrics.csv`` and ``rollouts.jsonl`` logged after ``checkpoint``
     was written (by a run killed after it), so that a resumed run logs each step once.
 
-    metrics.csv counts steps as Lightning's logger does (batches, skipped steps included),
-    rollouts.jsonl by optimizer step."""
+    metrics.csv counts steps as Lightning's logger does (batches, skipped steps included), except
+    the rows online sampling writes itself (only ``rollout/*`` values), which, like
+    rollouts.jsonl, count optimizer steps: a refresh logged at the step the checkpoint holds
+    happened before it was written."""
     step = _logged_step(checkpoint)
     metrics = run_dir / "metrics.csv"
     if metrics.is_file():
@@ -122,7 +124,14 @@ def drop_history_after(run_dir: Path, checkpoint: dict[str, Any]) -> None:
             rows = list(reader)
         if header and "step" in header:
             at = header.index("step")
-            kept = [r for r in rows if not r[at] or int(float(r[at])) <= step]
+            rollout = [i for i, name in enumerate(header) if name.startswith("rollout/")]
+
+            def last_step(row: list[str]) -> int:
+                values = [i for i, v in enumerate(row) if v and i != at]
+                by_optimizer = bool(values) and set(values) <= set(rollout)
+                return checkpoint["global_step"] if by_optimizer else step
+
+            kept = [r for r in rows if not r[at] or int(float(r[at])) <= last_step(r)]
             if len(kept) < len(rows):
                 out = io.StringIO()
                 csv.writer(out, lineterminator="\n").writerows([header, *kept])

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lit_align.schema import ConfigError
+from lit_align.errors import ConfigError
 
 LOCK_NAME = "run.lock"
 

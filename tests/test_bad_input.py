@@ -353,6 +353,7 @@ def test_files_a_folder_does_not_read_are_named(tokenizer, tmp_path):
         assert len(dm.build_splits()["train"]) == len(GOOD["preference"])
 
 
+@pytest.mark.slow  # a CLI subprocess run of 15-35 s: the default suite keeps under 10 minutes
 def test_the_cli_reports_an_empty_or_missing_data_file_in_one_line(tmp_path):
     empty = tmp_path / "pairs.jsonl"
     empty.write_text("")

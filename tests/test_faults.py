@@ -23,8 +23,8 @@ def poison(monkeypatch, bad_calls: set[int]) -> None:
     """Makes the training loss NaN on the given objective calls (0-based; one per step here)."""
     original, calls = AlignModule.objective_step, [0]
 
-    def objective_step(self, micro, normalizer):
-        out = original(self, micro, normalizer)
+    def objective_step(self, micro, normalizer, *step):
+        out = original(self, micro, normalizer, *step)
         if self.training:
             calls[0] += 1
             if calls[0] - 1 in bad_calls:

@@ -36,6 +36,7 @@ def test_each_preset_trains(tmp_path, experiment):
         assert 0 <= final["rollout/refill_rounds"] <= 1
 
 
+@pytest.mark.slow  # a CLI subprocess run of 15-35 s: the default suite keeps under 10 minutes
 def test_grpo_on_the_gsm8k_fixture_from_the_command_line(tmp_path):
     data = ["data=gsm8k", f"data.source={_fixture(tmp_path)}", "data.num_val=2", "data.num_test=2",
             "data.eval_batch_size=4", "eval.before_train=false"]  # fmt: skip

@@ -121,8 +121,8 @@ def test_unpaired_rows_and_bad_labels_name_the_file_and_row(tokenizer, tmp_path)
                             num_val=2, num_test=2)  # fmt: skip
     dm.setup()
     assert len(dm.train_split()) == 4 and dm.train_split()[0]["label"] is True
-    not_bool = r"u2.jsonl: row 2: 'label' must be a boolean"
-    cases = [({"prompt": "x", "completion": "y"}, r"u2.jsonl: row 2: missing field 'label'"),
+    not_bool = r"u2.jsonl: line 3: 'label' must be a boolean"  # JSON Lines: the 1-based line
+    cases = [({"prompt": "x", "completion": "y"}, r"u2.jsonl: line 3: missing field 'label'"),
              ({"prompt": "x", "completion": "y", "label": "true"}, not_bool),
              ({"prompt": "x", "completion": "y", "label": 1}, not_bool)]  # fmt: skip
     for bad, match in cases:
@@ -162,7 +162,8 @@ def test_ultrafeedback_pairs_become_unpaired_rows(tokenizer):
 
 def test_kto_trains_from_an_unpaired_file(tmp_path):
     source = _jsonl(tmp_path / "u.jsonl", UNPAIRED * 2)
-    overrides = ["objective=kto", "data=unpaired", f"data.source={source}", "data.num_val=4", "data.num_test=4"]
+    overrides = ["objective=kto", "init=none", "data=unpaired", f"data.source={source}", "data.num_val=4",
+                 "data.num_test=4"]  # fmt: skip
     summary = train(make_cfg(tmp_path / "run", *overrides, "data.batch_size=4", "trainer.max_steps=3"))
     assert summary["steps"] == 3
     assert {"val/loss", "val/train/kl", "val/rewards/chosen"} <= set(summary["start"])
@@ -171,6 +172,6 @@ def test_kto_trains_from_an_unpaired_file(tmp_path):
 
 @pytest.mark.parametrize("objective", ["simpo", "orpo", "kto"])
 def test_each_trains_on_the_built_in_task(tmp_path, objective):
-    summary = train(make_cfg(tmp_path / "run", f"objective={objective}", "data.batch_size=4", "trainer.max_steps=2",
-                             "eval.before_train=false"))  # fmt: skip
+    summary = train(make_cfg(tmp_path / "run", f"objective={objective}", "init=none", "data.batch_size=4",
+                             "trainer.max_steps=2", "eval.before_train=false"))  # fmt: skip
     assert summary["steps"] == 2 and "test/accuracy" in summary["final"]

@@ -132,6 +132,7 @@ def _cli(*overrides: str) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.mark.slow  # a CLI subprocess run of 15-35 s: the default suite keeps under 10 minutes
 def test_aft_pipeline_from_the_command_line_reuses_its_sft_stage(tmp_path):
     cache = f"init.cache_dir={tmp_path / 'cache'}"
     first = _cli(*PIPELINE, cache, f"hydra.run.dir={tmp_path / 'a'}")

@@ -169,6 +169,7 @@ def _cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
                           cwd=ROOT)  # fmt: skip
 
 
+@pytest.mark.slow  # a CLI subprocess run of 15-35 s: the default suite keeps under 10 minutes
 def test_a_resume_never_rewrites_the_config_the_run_started_with(tmp_path):
     assert _cli(tmp_path, "trainer.max_steps=2").returncode == 0
     original = (tmp_path / ".hydra/config.yaml").read_text()

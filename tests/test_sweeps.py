@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -68,6 +69,7 @@ def test_a_sweeps_wandb_runs_share_a_group(tmp_path):
         HydraConfig.instance().cfg = None
 
 
+@pytest.mark.slow  # a CLI subprocess run of 15-35 s: the default suite keeps under 10 minutes
 def test_each_run_of_a_multirun_gets_its_own_wandb_run(tmp_path):
     _multirun("seed=0,1", "logger=wandb", f"hydra.sweep.dir={tmp_path}")
     runs = [sorted(p.name for p in (tmp_path / job / "wandb").glob("offline-run-*")) for job in ("0", "1")]

@@ -89,7 +89,7 @@ def overrides(spec: Spec, out_dir: str) -> list[str]:
             *common, "objective=rloo", "init=none", f"objective.kl.coef={spec.kl_coef}",
             "objective.aggregation=seq_sum",  # TRL's RLOO: −A·Σ_t log π, mean over samples
             f"rollout.num_prompts={spec.batch_size}", f"rollout.num_samples={spec.num_samples}",
-            "rollout.every_n_epochs=1", f"data.batch_size={spec.batch_size * spec.num_samples}",
+            "rollout.every_n_epochs=1", f"data.batch_size={spec.batch_size}",  # prompts, each with its k samples
             f"eval.max_new_tokens={spec.max_new_tokens}", f"rollout.temperature={spec.temperature}",
             f"rollout.generation_batch_size={spec.batch_size}", "rollout.log_samples=0", *extra,
         ]  # fmt: skip

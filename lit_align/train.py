@@ -282,8 +282,8 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     table.add_column("start", justify="right")
     table.add_column("final", justify="right")
     for key in sorted(set(summary["start"]) | set(summary["final"])):
-        shown = ("val", "test", "train", "eval", "rollout", "ppo", "rloo", "grpo")
-        if key.split("/")[0] in shown and key != "train/lr":
+        # Every metric, whatever its objective's namespace, but the learning rate's schedule.
+        if key != "train/lr":
             before, after = summary["start"].get(key), summary["final"].get(key)
             table.add_row(key, "" if before is None else f"{before:.4f}", "" if after is None else f"{after:.4f}")
     console = Console()

@@ -1,6 +1,10 @@
+from types import SimpleNamespace
+
 import pytest
 
 from lit_align.callbacks.best_of_n import BestOfN, majority
+from lit_align.data.answers import exact_match
+from lit_align.data.collate import pad
 from lit_align.train import train
 from tests.conftest import make_cfg
 
@@ -21,10 +25,26 @@ def test_best_of_n_in_a_short_cli_run(tmp_path):
         assert 0.0 <= final[key] <= final["eval/pass@4"] <= 1.0
 
 
-def test_reward_scorer_picks_the_best_rewarded_sample(tmp_path):
-    from lit_align.rewards.math import MathReward
+def test_reward_scorer_picks_the_best_rewarded_sample(tokenizer):
+    """Two prompts × 3 samples with fixed completions: the scorer ranks prompt 0's correct sample
+    first and prompt 1's wrong one first, so bon@3 is 1 of 2; pass@3 is 2 (each has a correct
+    sample); maj@3 is 0 (prompt 0's answers all differ, the first wins; prompt 1's majority is
+    wrong); greedy is 1 (the greedy completions given)."""
+    completions = ["#### 1", "#### 5", "#### 2", "#### 7", "#### 3", "#### 3"]
+    rewards = [0.1, 0.9, 0.2, 0.5, 0.1, 0.8]
+    seen = {}
 
-    callback = BestOfN(num_samples=3, scorer=MathReward())
-    assert callback.scorer.name == "math"
+    def scorer(prompts, texts, answer):
+        seen.update(prompts=prompts, texts=texts, answer=answer)
+        return rewards
+
+    callback = BestOfN(num_samples=3, scorer=scorer)
+    callback.sampler = lambda *args, **kwargs: SimpleNamespace(completions=completions, logps=None)
+    prompt_ids, prompt_mask = pad([[1, 5, 6], [1, 7]], tokenizer.pad_token_id, left=True)
+    batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "answer": ["5", "7"]}
+    module = SimpleNamespace(tokenizer=tokenizer, policy=None, shared_prefix=True)
+    totals = callback._judge(module, exact_match, batch, greedy=["#### 5", "#### 1"])
+    assert dict(totals) == {"prompts": 2, "greedy_accuracy": 1, "pass@3": 2, "maj@3": 0, "bon@3": 1}
+    assert seen["texts"] == completions and seen["answer"] == ["5"] * 3 + ["7"] * 3
     with pytest.raises(ValueError, match="scorer must be"):
         BestOfN(scorer="reward")

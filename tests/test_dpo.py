@@ -103,3 +103,24 @@ def test_fully_masked_rows_give_finite_zero_margin():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DPO(**kwargs)
+
+
+def test_ipo_is_on_per_token_log_ratios_as_trl_computes_it():
+    """TRL 1.16, trl/trainer/dpo_trainer.py, ``loss_type == "ipo"``: the summed log-ratios
+    divided by each completion's token count, then (Δ − 1/(2β))². Pair: chosen 3 tokens
+    (−0.5, −0.5, −1.0; reference −1 each), rejected 2 tokens (−2, −2; reference −1.5 each).
+    Per token: chosen (−2 + 3)/3 = 1/3, rejected (−4 + 3)/2 = −1/2, Δ = 5/6; β = 0.1:
+    (5/6 − 5)² = (−25/6)² = 17.3611. Summed (ipo_normalize=false): Δ = 1 + 1 = 2: (2 − 5)² = 9."""
+    mask = [[1, 1, 1], [1, 1, 0]]
+    batch, logps = _pair_batch([[-0.5, -0.5, -1.0], [-2.0, -2.0, -9.0]], mask, [-3.0, -3.0])
+    normalized = DPO(beta=0.1, loss_type="ipo", precompute_ref=True)(batch, logps, None, T(1.0)).loss
+    summed = DPO(beta=0.1, loss_type="ipo", precompute_ref=True, ipo_normalize=False)(batch, logps, None, T(1.0)).loss
+    assert_close(normalized, T((5 / 6 - 5) ** 2))
+    assert_close(summed, T(9.0))
+    # TRL's lines on the same per-token inputs (scores = summed log-ratios, completion_mask).
+    completion_mask = T(mask).float()
+    chosen_scores, rejected_scores = T([-2.0 + 3.0]), T([-4.0 + 3.0])
+    chosen_avg = chosen_scores / completion_mask[:1].sum(dim=1).clamp(min=1.0)
+    rejected_avg = rejected_scores / completion_mask[1:].sum(dim=1).clamp(min=1.0)
+    trl_loss = ((chosen_avg - rejected_avg - 1 / (2 * 0.1)) ** 2).mean()
+    assert_close(normalized, trl_loss)

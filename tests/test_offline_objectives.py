@@ -106,7 +106,7 @@ def test_orpo_objective_reads_token_means_and_averages_pairs():
     batch = PairBatch(**fields_of(mask, [0, 0, 1, 1]), chosen=torch.tensor([0, 3]), rejected=torch.tensor([1, 2]))
     out = ORPO(lam=0.5)(batch, logps, None, torch.tensor(2.0))
     assert_close(out.loss, torch.tensor(0.836988), atol=1e-5, rtol=0)
-    assert_close(out.metrics["train/chosen_nll"], torch.tensor(-a))
+    assert_close(out.metrics["logps/chosen_nll"], torch.tensor(-a))
     assert not ORPO().needs_reference
 
 
@@ -170,7 +170,7 @@ def test_kto_objective_sums_tokens_and_averages_responses():
     assert_close(out.metrics["rewards/rejected"], torch.tensor(-1.0))
     out = KTO(beta=1.0)(batch, logps, ref, torch.tensor(4.0), kl_estimate=torch.tensor(-2.0))
     assert_close(out.loss, torch.tensor(0.134470), atol=1e-5, rtol=0)
-    assert out.metrics["train/kl"] == 0
+    assert out.metrics["kto/kl"] == 0
 
 
 def _trl_kto_loss(policy, ref, labels, kl_logps, ref_kl_logps, beta, dw, uw):

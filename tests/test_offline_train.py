@@ -166,7 +166,7 @@ def test_kto_trains_from_an_unpaired_file(tmp_path):
                  "data.num_test=4"]  # fmt: skip
     summary = train(make_cfg(tmp_path / "run", *overrides, "data.batch_size=4", "trainer.max_steps=3"))
     assert summary["steps"] == 3
-    assert {"val/loss", "val/train/kl", "val/rewards/chosen"} <= set(summary["start"])
+    assert {"val/loss", "val/kto/kl", "val/rewards/chosen"} <= set(summary["start"])
     assert "test/loss" in summary["final"]
 
 

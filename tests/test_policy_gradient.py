@@ -328,3 +328,21 @@ def test_entropy_has_a_gradient_only_for_an_entropy_bonus(tiny_model):
     expected = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)  # the states before 6 and 7
     assert_close(logged[0], expected.detach())
     assert not PPO().entropy_grad and PPO(entropy_coef=0.01).entropy_grad
+
+
+def test_a_separate_critic_sends_no_gradient_to_the_policy(tokenizer, tiny_model):
+    """The value loss's path alone (values of a rollout batch, backward): a separate critic's
+    reaches its own trunk and none of the policy; a shared critic's reaches the policy's trunk
+    (its head reads the policy's hidden states)."""
+    inputs = FORMATS["rollout"].collate(_rollout_rows(n=2), pad_id=0).forward_inputs()
+    for critic in ("separate", "shared"):
+        module = AlignModule(copy.deepcopy(tiny_model), PPO(critic=critic), tokenizer, optimizer=torch.optim.SGD)
+        hidden = None if critic == "separate" else response_logps(module.policy, **inputs, hidden=True).hidden
+        module.critic(inputs, hidden).square().sum().backward()
+        policy_grads = [p.grad for p in module.policy.model.layers.parameters()]
+        if critic == "separate":
+            assert all(g is None for g in policy_grads)
+            assert all(p.grad is not None for p in module.critic.trunk.layers.parameters())
+        else:
+            assert all(g is not None for g in policy_grads)
+        assert module.critic.head.weight.grad is not None

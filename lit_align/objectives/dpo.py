@@ -5,12 +5,15 @@ reward margin of the chosen response y_w over the rejected y_l:
 
 - ``sigmoid``: DPO, Rafailov et al. 2023 (arXiv 2305.18290), Eq. 7: −log σ(βh). With label
   smoothing ε (conservative DPO, Mitchell 2023): −(1−ε)·log σ(βh) − ε·log σ(−βh).
-- ``ipo``: IPO, Azar et al. 2023 (arXiv 2310.12036), Eq. 17: (h − 1/(2β))².
+- ``ipo``: IPO, Azar et al. 2023 (arXiv 2310.12036), Eq. 17: (h − 1/(2β))², by default on
+  per-token log-ratios (each response's summed log-ratio divided by its length): the form the
+  IPO authors' results use, as TRL 1.16 notes and computes (dpo_trainer.py, ``loss_type="ipo"``);
+  on summed log-ratios h grows with the length, and a β from the paper means something else.
 - ``hinge``: the calibration loss of SLiC-HF, Zhao et al. 2023 (arXiv 2305.10425), Eq. 1,
   on the implicit reward margin: max(0, 1 − βh).
 
-Sequence log-probs are sums over response tokens (the paper's log π(y|x)); IPO's paper
-averages per token, which callers get by passing token-mean log-probs.
+Sequence log-probs are sums over response tokens (the paper's log π(y|x)); IPO's per-token form
+is the `DPO` objective's ``ipo_normalize`` (callers of `dpo_losses` pass token means).
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class DPO(Objective):
         label_smoothing: ε for conservative DPO, in [0, 0.5).
         sft_weight: weight of an NLL term on the chosen response (token mean per pair), added
             to the preference loss; 0 disables it.
+        ipo_normalize: with ``loss_type=ipo``, per-token log-ratios (the IPO authors' and TRL's
+            form, default); false uses the summed ones.
         precompute_ref: the reference log-probs come with the batch (``ref_logps``, computed
             once before training), so no reference model is kept during training.
     """
@@ -88,6 +93,7 @@ class DPO(Objective):
         label_smoothing: float = 0.0,
         sft_weight: float = 0.0,
         precompute_ref: bool = False,
+        ipo_normalize: bool = True,
     ) -> None:
         super().__init__()
         if beta <= 0:
@@ -100,6 +106,7 @@ class DPO(Objective):
             raise ValueError("label_smoothing applies to loss_type=sigmoid only")
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.sft_weight = sft_weight
+        self.ipo_normalize = ipo_normalize
         self.precompute_ref = precompute_ref
         self.needs_reference = not precompute_ref
 
@@ -122,6 +129,11 @@ class DPO(Objective):
             ref_seq = masked_sum(ref_logps, mask, dim=1)
             ref_chosen, ref_rejected = ref_seq[batch.chosen], ref_seq[batch.rejected]
         chosen, rejected = seq[batch.chosen], seq[batch.rejected]
+        if self.loss_type == "ipo" and self.ipo_normalize:  # per-token log-ratios (see the module docstring)
+            lengths = mask.sum(1).clamp(min=1).to(seq.dtype)
+            chosen_len, rejected_len = lengths[batch.chosen], lengths[batch.rejected]
+            chosen, rejected = chosen / chosen_len, rejected / rejected_len
+            ref_chosen, ref_rejected = ref_chosen / chosen_len, ref_rejected / rejected_len
         losses, chosen_rewards, rejected_rewards = dpo_losses(
             chosen, rejected, ref_chosen, ref_rejected, self.beta, self.loss_type, self.label_smoothing
         )
@@ -131,11 +143,11 @@ class DPO(Objective):
             "rewards/rejected": rejected_rewards.mean(),
             "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
             "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-            "logps/chosen": chosen.detach().mean(),
-            "logps/rejected": rejected.detach().mean(),
+            "logps/chosen": seq[batch.chosen].detach().mean(),  # summed, whatever the loss reads
+            "logps/rejected": seq[batch.rejected].detach().mean(),
         }
         if self.sft_weight:
             nll = -masked_mean(logps[batch.chosen], mask[batch.chosen], dim=1)
             total = total + self.sft_weight * nll.sum()
-            metrics["train/chosen_nll"] = nll.detach().mean()
+            metrics["logps/chosen_nll"] = nll.detach().mean()
         return ObjectiveOutput(normalize(total, normalizer), metrics)

@@ -112,6 +112,6 @@ class KTO(Objective):
             "rewards/rejected": masked_mean(rewards, bad),
             "logps/chosen": masked_mean(seq.detach(), good),
             "logps/rejected": masked_mean(seq.detach(), bad),
-            "train/kl": z0,
+            "kto/kl": z0,
         }
         return ObjectiveOutput(normalize(losses.sum(), normalizer), metrics)

@@ -78,7 +78,7 @@ class ORPO(Objective):
         chosen, rejected = avg[batch.chosen], avg[batch.rejected]
         losses, or_losses, log_odds = orpo_losses(chosen, rejected, -chosen, self.lam)
         metrics = {
-            "train/chosen_nll": -chosen.detach().mean(),
+            "logps/chosen_nll": -chosen.detach().mean(),
             "train/or_loss": or_losses.detach().mean(),
             "rewards/log_odds_ratio": log_odds.mean(),
             "rewards/accuracies": (log_odds > 0).float().mean(),

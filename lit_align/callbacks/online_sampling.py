@@ -298,7 +298,7 @@ class OnlineSampling(L.Callback):
             key += f"/{self._round}" if self._round else ""
             seed = random.Random(key).getrandbits(62)
             rollout = self.sampler(policy, tokenizer, prompt_ids.to(pl_module.device), prompt_mask.to(pl_module.device),
-                                   seed=seed, with_logps=False)  # fmt: skip
+                                   seed=seed, with_logps=False, shared_prefix=pl_module.shared_prefix)  # fmt: skip
             if rl:  # the tokens as sampled, with the policy's, reference's (and critic's) outputs
                 scored = None if self.in_step else pl_module.score_rollout(rollout.forward_inputs())
                 out["experience"] += split_rollout(rollout, scored)

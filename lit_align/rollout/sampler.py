@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, DynamicCache
 
-from lit_align.models.forward import eval_mode
+from lit_align.models.forward import eval_mode, position_ids
 from lit_align.models.response_forward import response_logps
 from lit_align.models.sharding import synced_generation
 from lit_align.rollout.generate import PLAIN_DECODING
@@ -125,6 +126,9 @@ class Sampler:
         prompt_ids = prompt_ids.repeat_interleave(self.num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(self.num_samples, dim=0)
         devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
+        # Each prompt's prefill once: all but its last token through the model, the cache repeated
+        # for its k samples; generate goes on from there (the last token gives the first logits).
+        cache = prefilled_cache(model, prompts, masks, self.num_samples) if shared_prefix else None
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -132,7 +136,7 @@ class Sampler:
                 input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=self.max_new_tokens,
                 do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
-                synced_gpus=synced_generation(model), **PLAIN_DECODING,
+                synced_gpus=synced_generation(model), **PLAIN_DECODING, **({"cache": cache} if cache else {}),
             )  # fmt: skip
         completion = sequences[:, prompt_ids.shape[1] :]
         # Keep tokens up to and including the first eos (pad may equal eos, so ids cannot tell).
@@ -153,3 +157,18 @@ class Sampler:
         if with_logps:
             rollout.logps = response_logps(model, **rollout.forward_inputs(), shared=shared_prefix).logps
         return rollout
+
+
+@torch.no_grad()
+def prefilled_cache(model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int) -> Cache | None:
+    """The KV cache of every prompt but its last token, computed once per prompt and repeated
+    ``repeats`` times along the batch (sample ``i`` continues prompt ``i // repeats``), as
+    `generate` takes it; ``None`` when there is nothing to prefill (one-token prompts)."""
+    if prompt_ids.shape[1] < 2:
+        return None
+    cache = DynamicCache(config=model.config)
+    head = prompt_mask[:, :-1]
+    model(input_ids=prompt_ids[:, :-1], attention_mask=head, position_ids=position_ids(head), cache=cache,
+          use_cache=True, logits_to_keep=1)  # fmt: skip
+    cache.batch_repeat_interleave(repeats)
+    return cache

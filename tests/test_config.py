@@ -97,6 +97,7 @@ def _cli(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "lit_align", *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # 13-60 s of subprocesses: the default suite keeps under 10 minutes
 def test_cli_prints_the_composed_config():
     out = _cli("--cfg", "job")
     assert out.returncode == 0, out.stderr
@@ -105,6 +106,7 @@ def test_cli_prints_the_composed_config():
     assert cfg.model.policy._target_ == "lit_align.models.tiny.tiny_llama"
 
 
+@pytest.mark.slow  # 13-60 s of subprocesses: the default suite keeps under 10 minutes
 def test_cli_unknown_option_lists_valid_ones():
     out = _cli("objective=nope")
     assert out.returncode != 0
@@ -117,6 +119,7 @@ def test_cli_bad_value_fails_in_one_line_before_building(tmp_path):
     assert out.stderr.strip() == "lit_align: optimizer.lr must be > 0, got 0"
 
 
+@pytest.mark.slow  # 13-60 s of subprocesses: the default suite keeps under 10 minutes
 def test_cli_missing_model_path_is_one_line(tmp_path):
     out = _cli("model=hf", f"model.name_or_path={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run")
     assert out.returncode == 1

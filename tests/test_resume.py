@@ -86,6 +86,7 @@ ONLINE = ["init=none", "rollout.num_prompts=4", "rollout.num_samples=4", "rollou
 PPO = ["objective=ppo", *ONLINE, "objective.kl.controller=adaptive", "objective.kl.horizon=16"]
 
 
+@pytest.mark.slow  # 13-60 s of subprocesses: the default suite keeps under 10 minutes
 def test_online_run_killed_twice_and_resumed_retraces_the_uninterrupted_run(tmp_path):
     # PPO carries every piece of online state: the rollout buffer and prompt cursor, the adaptive
     # KL coefficient, the critic and its optimizer group.

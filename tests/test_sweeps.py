@@ -41,6 +41,7 @@ def test_two_by_two_multirun_and_its_report(tmp_path):
     assert (tmp_path / "accuracy.png").is_file() and (tmp_path / "curves.png").is_file()
 
 
+@pytest.mark.slow  # 13-60 s of subprocesses: the default suite keeps under 10 minutes
 def test_optuna_sweep_searches_lr_and_beta(tmp_path):
     search = ["hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
               "optimized_metric=train/loss", "hydra.sweeper.direction=minimize"]  # fmt: skip

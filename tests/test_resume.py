@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL, losses_by_step

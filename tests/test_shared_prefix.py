@@ -246,3 +246,36 @@ def test_a_model_without_a_causal_cache_is_refused_in_one_line(tokenizer, tmp_pa
     with pytest.raises(Unsupported, match=r"^DebertaV2ForSequenceClassification .*model.shared_prefix=false$"):
         AlignModule(deberta, RM(), tokenizer, optimizer=torch.optim.SGD)
     assert AlignModule(deberta, RM(), tokenizer, optimizer=torch.optim.SGD, shared_prefix=False).shared_prefix is False
+
+
+@pytest.mark.parametrize("case", ["dpo-nll", "aft-ranking", "rm"])
+def test_shared_prefix_updates_are_invariant_to_micro_batching(tokenizer, tiny_model, case):
+    """One SGD step on three prompts (pairs, groups) as one micro-batch equals the same step in
+    micro-batches of one prompt each: the shared forward's prompt sharing stays inside a
+    micro-batch, and each loss is divided by the step's count."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from lit_align.data.collate import StepCollator
+
+    objective, fmt = {"dpo-nll": CASES["dpo-nll"], "aft-ranking": CASES["aft-ranking"], "rm": (RM, "pairs")}[case]
+    model = tiny_model
+    if case == "rm":
+        torch.manual_seed(0)
+        model = tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, head="score")
+    rows = _encoded(tokenizer, fmt)
+    params = []
+    for size in (3, 1):
+        module = AlignModule(copy.deepcopy(model), objective(), tokenizer, optimizer=partial(torch.optim.SGD, lr=1.0),
+                             grad_clip=None)  # fmt: skip
+        collate = StepCollator(partial(FORMATS[fmt].collate, pad_id=tokenizer.pad_token_id), size)
+        L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, accelerator="cpu").fit(
+            module, train_dataloaders=DataLoader(rows, batch_size=3, collate_fn=collate)
+        )  # fmt: skip
+        params.append(dict(module.policy.named_parameters()))
+    moved = 0
+    for name, p in params[0].items():
+        assert_close(params[1][name], p, rtol=1e-5, atol=1e-6, msg=name)
+        moved += not torch.equal(p, dict(model.named_parameters())[name])
+    assert moved >= len(params[0]) - 1  # every weight moved (a tied or unused embedding row aside)

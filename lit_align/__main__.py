@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from lit_align.callbacks.preemption import Interrupted
+from lit_align.callbacks.preemption import Interrupted, StoppedOutside
 from lit_align.checkpointing import WriteFailed
 from lit_align.data.rows import BadRow, DataError
 from lit_align.errors import ConfigError
@@ -43,6 +43,9 @@ def main(cfg: DictConfig) -> float | None:
         # A scheduler reads 128 + signum as "killed by that signal"; the checkpoint is written.
         print(f"lit_align: {stop}. Resume: the same command with hydra.run.dir={cfg.paths.output_dir} "
               "ckpt_path=last", file=sys.stderr)  # fmt: skip
+        sys.exit(128 + stop.signum)
+    except StoppedOutside as stop:  # a signal during an evaluation outside training
+        print(f"lit_align: {stop}", file=sys.stderr)
         sys.exit(128 + stop.signum)
     except InstantiationException as error:
         # A loader's ConfigError, or one of our classes refusing an argument value: one line,

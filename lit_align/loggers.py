@@ -15,6 +15,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from lit_align.checkpointing import write_failure
+
 
 class _AppendingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
@@ -23,6 +25,12 @@ class _AppendingWriter(ExperimentWriter):
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 self.metrics_keys = next(csv.reader(f), [])
+
+    def save(self) -> None:
+        try:
+            super().save()
+        except OSError as error:  # a full disk: one line naming the file, not Lightning's traceback
+            raise write_failure(Path(self.metrics_file_path), error) from error
 
 
 class AppendingCSVLogger(CSVLogger):

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.checkpoint import FileSystemReader
 
 from lit_align.errors import ConfigError
 
@@ -60,9 +61,11 @@ def checkpoint_path(ckpt_path: str | None, checkpoint_dir: Path) -> Path | None:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's metadata (step, the run record), read without running code. A sharded
-    checkpoint (a folder) is read by Lightning itself; only its step is not checked here."""
+    checkpoint (FSDP2's folder) is checked whole first: its index, and every shard file at least
+    as long as the index says; its metadata is the ``meta.pt`` Lightning writes beside them."""
     if path.is_dir():
-        return {}
+        _check_shards(path)
+        path = path / "meta.pt"
     try:
         # mmap: the tensors stay on disk; only the small entries read here are touched.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -75,6 +78,22 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
         raise ConfigError(f"checkpoint {path} is not a Lightning checkpoint (no global_step)")
     return checkpoint
+
+
+def _check_shards(folder: Path) -> None:
+    try:
+        metadata = FileSystemReader(folder).read_metadata()
+    except Exception as error:  # absent or truncated index
+        raise _unreadable(folder, error) from None
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        shard = folder / name
+        if not shard.is_file() or shard.stat().st_size < size:
+            raise _unreadable(folder, OSError(f"shard {name} is missing or shorter than its index says"))
+    if not (folder / "meta.pt").is_file():
+        raise _unreadable(folder, OSError("no meta.pt"))
 
 
 def _unreadable(path: Path, error: BaseException) -> ConfigError:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
+from lit_align.callbacks.preemption import stop_on_signal
 from lit_align.checkpointing import write_text_atomic
 from lit_align.config import validate
 from lit_align.errors import ConfigError
@@ -141,7 +142,8 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
         )
 
     if cfg.eval.before_train and ckpt_path is None:  # a resumed run keeps the start its checkpoint holds
-        run_record.start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+        with stop_on_signal("the starting evaluation", "nothing was trained yet"):
+            run_record.start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
     summary = {
         "objective": type(objective).__name__.lower(), "seed": cfg.seed, "init": init, "start": run_record.start,
     }  # fmt: skip
@@ -163,9 +165,11 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
         # run's checkpoint is its end, and resuming it does nothing.
         trainer.save_checkpoint(Path(checkpointer.dirpath) / "last.ckpt", weights_only=False)
     final = _floats(trainer.callback_metrics)
-    if module.validated_at_step != trainer.global_step:  # evaluate the weights we export
-        final |= _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
-    final |= _floats(trainer.test(module, datamodule=datamodule, verbose=False)[0])
+    kept = f"training finished and {checkpoint_dir / 'last.ckpt'} holds its end: ckpt_path=last evaluates, exports it"
+    with stop_on_signal("the final evaluation", kept):
+        if module.validated_at_step != trainer.global_step:  # evaluate the weights we export
+            final |= _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+        final |= _floats(trainer.test(module, datamodule=datamodule, verbose=False)[0])
     summary |= {"final": final} | _totals(trainer, module, datamodule, started) | {"stopped": None}
     _write_results(summary, module, tokenizer, trainer, out_dir)
     _print_summary(summary, out_dir)

@@ -20,3 +20,23 @@ class SignalAt(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+class SignalInEvaluation(L.Callback):
+    """Sends ``signum`` (SIGINT by default: Ctrl+C) to this process as the first batch of the
+    evaluation ``stage`` starts: ``validate`` (the starting evaluation, before any step) or
+    ``test`` (the final one, after training)."""
+
+    def __init__(self, stage: str = "validate", signum: str = "SIGINT") -> None:
+        self.stage, self.signum, self.sent = stage, signal.Signals[signum], False
+
+    def _maybe_send(self, trainer: L.Trainer) -> None:
+        if not self.sent and trainer.state.fn == self.stage:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+    def on_validation_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._maybe_send(trainer)
+
+    def on_test_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._maybe_send(trainer)

@@ -37,6 +37,27 @@ def test_missing_local_path_is_one_line(path):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("shards", [False, True])  # a checkpoint file, or FSDP2's folder of per-rank shards
+def test_a_training_checkpoint_as_the_model_says_how_to_use_it(tmp_path, shards):
+    checkpoint = tmp_path / "run/checkpoints/last.ckpt"
+    (checkpoint if shards else checkpoint.parent).mkdir(parents=True)
+    if not shards:
+        checkpoint.write_bytes(b"PK")
+    with pytest.raises(ConfigError) as info:
+        load_tokenizer(str(checkpoint))
+    assert str(info.value) == (
+        f"model.name_or_path={checkpoint} is a training checkpoint, not a model: resume its run with "
+        f"ckpt_path={checkpoint} (and its hydra.run.dir), or load the model the run exported: "
+        f"model.name_or_path={tmp_path / 'run/model'}"
+    )
+
+
+def test_a_file_as_the_model_is_one_line(tmp_path):
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"is a file: give a model's directory \(config.json and weights"):
+        load_tokenizer(str(tmp_path / "weights.safetensors"))
+
+
 def test_unreachable_hub_id_is_one_line():  # conftest puts the Hub offline
     with pytest.raises(ConfigError, match="neither a local directory nor a reachable Hub model") as info:
         load_tokenizer("lit-align-test/definitely-not-a-model")

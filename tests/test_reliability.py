@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 import transformers
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from lit_align import train as train_module
+from lit_align.callbacks.preemption import StoppedOutside
 from lit_align.checkpointing import WriteFailed
+from lit_align.resume import read_checkpoint
 from lit_align.runlock import RunLocked, run_lock
 from lit_align.schema import ConfigError
 from lit_align.train import train
@@ -123,6 +127,21 @@ def test_a_truncated_checkpoint_is_refused_before_anything_runs(tmp_path):
     assert (tmp_path / "metrics.csv").read_text() == rows
 
 
+def test_a_sharded_checkpoint_is_checked_whole_and_read_for_its_step(tmp_path):
+    """FSDP2's ``last.ckpt/``: a DCP index, shard files, and Lightning's ``meta.pt``."""
+    folder = tmp_path / "last.ckpt"
+    dcp.save({"w": torch.arange(1000.0)}, checkpoint_id=folder)  # one process: no process group needed
+    torch.save({"global_step": 7, "lit_align": {"start": {}}}, folder / "meta.pt")
+    assert read_checkpoint(folder)["global_step"] == 7
+    shard = next(p for p in folder.iterdir() if p.suffix == ".distcp")
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ConfigError, match=rf"^checkpoint {folder} is unreadable \(truncated or corrupt: shard "):
+        read_checkpoint(folder)
+    (folder / ".metadata").unlink()
+    with pytest.raises(ConfigError, match=rf"^checkpoint {folder} is unreadable"):
+        read_checkpoint(folder)
+
+
 def test_ckpt_path_last_without_a_checkpoint_says_so_and_starts(tmp_path, capsys):
     summary = train(make_cfg(tmp_path, *QUICK, "trainer.max_steps=1", "ckpt_path=last"))
     assert summary["steps"] == 1
@@ -163,6 +182,29 @@ def test_a_full_disk_at_export_leaves_no_model_that_looks_loadable(tmp_path, mon
     assert (tmp_path / "checkpoints/last.ckpt").is_file()  # the run's work is kept: resume to export
 
 
+def test_a_full_disk_at_the_metrics_file_says_so_in_one_line(tmp_path, monkeypatch):
+    def save(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ExperimentWriter, "save", save)  # the writer lit_align's CSV logger extends
+    with pytest.raises(WriteFailed) as error:
+        train(make_cfg(tmp_path, *QUICK, "trainer.max_steps=2"))
+    assert str(error.value) == (
+        f"could not write {tmp_path / 'metrics.csv'}: No space left on device (ENOSPC); free space there "
+        "(or pick another run dir) and resume"
+    )
+
+
+def test_an_unwritable_rollout_log_says_so_in_one_line(tmp_path):
+    (tmp_path / "rollouts.jsonl").mkdir(parents=True)  # open(..., "a") fails with EISDIR, as a full disk fails
+    rl = ["objective=rloo", "init=none", "rollout.num_prompts=2", "rollout.num_samples=2", "rollout.log_samples=1",
+          "data.batch_size=2", "trainer.max_steps=1", "eval.before_train=false"]  # fmt: skip
+    with pytest.raises(
+        WriteFailed, match=rf"^could not write {tmp_path / 'rollouts.jsonl'}: Is a directory \(EISDIR\)"
+    ):
+        train(make_cfg(tmp_path, *rl))
+
+
 def _cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     args = [*FAST, *SMALL_MODEL, *SMALL_DATA, *QUICK, f"hydra.run.dir={run_dir}", *overrides]
     return subprocess.run([sys.executable, "-m", "lit_align", *args], capture_output=True, text=True, timeout=300,
@@ -185,3 +227,29 @@ def test_a_resume_never_rewrites_the_config_the_run_started_with(tmp_path):
     )
     assert (tmp_path / ".hydra/config.yaml").read_text() == original
     assert "batch_size: 16" in (tmp_path / ".hydra/resume-1/config.yaml").read_text()
+
+
+def test_ctrl_c_in_the_starting_evaluation_exits_130_in_one_line(tmp_path):
+    """Lightning answers a KeyboardInterrupt in ``validate`` with its own text and exit 1."""
+    args = [*FAST, *SMALL_MODEL, *SMALL_DATA, f"hydra.run.dir={tmp_path}", "trainer.accelerator=cpu",
+            "+callbacks.interrupt._target_=tests.interrupt.SignalInEvaluation"]  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "lit_align", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 130, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        "lit_align: stopped by SIGINT during the starting evaluation; nothing was trained yet"
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_a_signal_in_the_final_evaluation_keeps_the_run_and_a_resume_finishes_it(tmp_path):
+    steps = ["trainer.max_steps=3", "eval.before_train=false"]
+    signal_in_test = ["+callbacks.interrupt._target_=tests.interrupt.SignalInEvaluation",
+                      "+callbacks.interrupt.stage=test", "+callbacks.interrupt.signum=SIGTERM"]  # fmt: skip
+    with pytest.raises(StoppedOutside, match=r"^stopped by SIGTERM during the final evaluation; training finished"):
+        train(make_cfg(tmp_path, *steps, *signal_in_test))
+    assert not (tmp_path / "summary.json").exists()
+    summary = train(make_cfg(tmp_path, *steps, "ckpt_path=last"))  # evaluates and exports the checkpointed end
+    assert summary["steps"] == 3
+    assert "test/accuracy" in summary["final"]
+    assert (tmp_path / "model/model.safetensors").is_file()

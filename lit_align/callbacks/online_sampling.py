@@ -16,6 +16,7 @@ from datasets import Dataset
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_align.checkpointing import write_failure
 from lit_align.data.collate import encode_prompt, pad
 from lit_align.models.sharding import is_sharded
 from lit_align.rewards.base import score
@@ -331,6 +332,11 @@ class OnlineSampling(L.Callback):
         if wandb:
             wandb[0].log_table("rollout/samples", columns=["step", "prompt", "completion", "reward"], data=table)
             return
-        with (Path(trainer.default_root_dir) / "rollouts.jsonl").open("a") as f:
-            for step, prompt, completion, reward in table:
-                f.write(json.dumps({"step": step, "prompt": prompt, "completion": completion, "reward": reward}) + "\n")
+        path = Path(trainer.default_root_dir) / "rollouts.jsonl"
+        try:
+            with path.open("a") as f:
+                for step, prompt, completion, reward in table:
+                    row = {"step": step, "prompt": prompt, "completion": completion, "reward": reward}
+                    f.write(json.dumps(row) + "\n")
+        except OSError as error:  # a full disk: one line naming the file
+            raise write_failure(path, error) from error

@@ -1,8 +1,11 @@
-"""SIGTERM / SIGINT during training: finish the step, write ``last.ckpt``, stop."""
+"""SIGTERM / SIGINT during training: finish the step, write ``last.ckpt``, stop. Outside
+training (the evaluations before and after it): stop at once with one line and exit 128 + signum."""
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -21,6 +24,34 @@ class Interrupted(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}")
 
 
+class StoppedOutside(Exception):
+    """A signal during ``stage``, outside training: nothing to save that is not saved already."""
+
+    def __init__(self, signum: int, stage: str, after: str) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} during {stage}; {after}")
+
+
+@contextmanager
+def stop_on_signal(stage: str, after: str) -> Iterator[None]:
+    """SIGINT / SIGTERM inside the block raise `StoppedOutside` (``after`` says what is kept).
+
+    Lightning turns a KeyboardInterrupt inside ``validate``/``test`` into its own message and
+    exit status 1, which a scheduler or a shell reads as a crash; an exception of ours passes
+    through its handler, so `__main__` can exit 128 + signum as for a signal during training.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise StoppedOutside(signum, stage, after)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class SaveOnSignal(Checkpoint):
     """Turns SIGTERM (preemption, ``scancel``, ``kill``) and SIGINT (Ctrl+C) into a checkpoint.
 
@@ -35,7 +66,7 @@ class SaveOnSignal(Checkpoint):
 
     Under data parallelism the flag is reduced over ranks every step, so every rank saves and
     stops at the same step even when only one received the signal. Handlers are installed for
-    training only; evaluation before and after it keeps Python's defaults.
+    training only; the evaluations before and after it stop at once (`stop_on_signal`).
 
     Args:
         dirpath: where to write ``last.ckpt`` (the model checkpoint's directory).

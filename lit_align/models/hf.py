@@ -25,6 +25,18 @@ def _resolve(name_or_path: str) -> str:
     path: a Hub id is ``name`` or ``org/name``.
     """
     path = Path(name_or_path).expanduser()
+    if path.suffix == ".ckpt" and path.exists():  # a file, or an FSDP2 checkpoint's folder of shards
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        raise ConfigError(
+            f"model.name_or_path={name_or_path} is a training checkpoint, not a model: resume its run with "
+            f"ckpt_path={name_or_path} (and its hydra.run.dir), or load the model the run exported: "
+            f"model.name_or_path={run / 'model'}"
+        )
+    if path.is_file():
+        raise ConfigError(
+            f"model.name_or_path={name_or_path} is a file: give a model's directory (config.json and weights, "
+            "as a run's model/ is) or a Hub id"
+        )
     if path.exists():
         return str(path)
     if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:

@@ -61,3 +61,28 @@ def test_the_report_names_the_runs_relative_to_where_it_ran(sweep, tmp_path, mon
     for name in ("accuracy.png", "curves.png"):
         with Image.open(tmp_path / "out" / name) as image:
             assert image.format == "PNG" and image.width > 600
+
+
+def test_paired_gains_have_a_t_interval_over_seeds(tmp_path):
+    # Control test accuracy 0.6, 0.8, 0.7; the method 0.65, 0.82, 0.77: gains +0.05, +0.02, +0.07,
+    # mean 0.0467, s = 0.02517, t(0.975, 2) = 4.3027: half-width 4.3027 · 0.02517 / √3 = 0.0625.
+    for seed, (control, method) in enumerate([(0.6, 0.65), (0.8, 0.82), (0.7, 0.77)]):
+        _run(tmp_path, f"c{seed}", ["objective=sft"], seed, 0.4, 0.5, control)
+        _run(tmp_path, f"m{seed}", ["objective=kto"], seed, 0.4, 0.5, method)
+    text = report(tmp_path, tmp_path / "out", control="objective=sft")
+    assert "| `objective=kto` | +0.050 | +0.020 | +0.070 | +0.047 [−0.016, +0.109] | 3 |" in text.splitlines()
+
+
+def test_the_training_table_summarises_rollouts_and_memory(tmp_path):
+    for seed in (0, 1):
+        _run(tmp_path, f"r{seed}", ["objective=grpo"], seed, 0.4, 0.5, 0.6)
+        summary = json.loads((tmp_path / f"r{seed}/summary.json").read_text())
+        (tmp_path / f"r{seed}/summary.json").write_text(json.dumps(summary | {"peak_rss_mb": 500.0 + 100 * seed}))
+        with (tmp_path / f"r{seed}/metrics.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "rollout/frac_reward_zero_std", "rollout/completion_len"])
+            writer.writerows([[0, 0.5, 40.0 + seed], [1, "", ""], [2, 0.3, 30.0 + seed]])
+    _run(tmp_path, "s0", ["objective=sft"], 0, 0.4, 0.5, 0.5)
+    text = report(tmp_path, tmp_path / "out", control="objective=sft")
+    # zero-variance share: the mean over rollouts (0.4), then over seeds; lengths: first 40.5, last 30.5.
+    assert "| `objective=grpo` | 550 | 10 | 0.40 | 40.5 → 30.5 |" in text.splitlines()

@@ -11,6 +11,10 @@ folder of them), groups the runs by configuration (their command-line overrides 
   mark: the mean starting validation accuracy);
 - ``curves.png``: ``train/loss`` and ``val/accuracy`` by step from each run's ``metrics.csv``
   (thin: each seed; thick: the mean over seeds at the steps they share).
+
+With ``--control <configuration>`` report.md also holds each configuration's paired gain over
+the control run of the same seed with a 95% confidence interval, and a table of peak memory,
+wall time, zero-variance groups and completion length (`tools/paired.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import yaml
+from paired import paired_table, training_table
 
 # Final metrics shown when any run has them, in this order; start/val/accuracy comes first.
 COLUMNS = ["val/accuracy", "test/accuracy", "eval/greedy_accuracy", "eval/pass@8", "eval/maj@8", "eval/bon@8"]
@@ -164,8 +169,9 @@ def plot_curves(groups: dict[str, list[Run]], path: Path) -> None:
     plt.close(fig)
 
 
-def report(root: Path, out: Path | None = None) -> str:
-    """Writes report.md, accuracy.png and curves.png for the runs under ``root``; returns the table."""
+def report(root: Path, out: Path | None = None, control: str | None = None, metric: str = "test/accuracy") -> str:
+    """Writes report.md, accuracy.png and curves.png for the runs under ``root``; returns the
+    tables (with ``control``: the paired gains and the training table too)."""
     runs, common = load_runs(root)
     if not runs:
         raise SystemExit(f"no summary.json under {root}")
@@ -173,6 +179,8 @@ def report(root: Path, out: Path | None = None) -> str:
     out.mkdir(parents=True, exist_ok=True)
     groups = group(runs)
     text = table(groups)
+    if control is not None:
+        text += "\n" + paired_table(groups, control, metric) + "\n" + training_table(groups)
     shared = f" All with `{' '.join(common)}`." if common else ""
     # Relative to where the command ran: a committed report names no machine's directories.
     shown = Path(os.path.relpath(root.resolve(), Path.cwd())).as_posix()
@@ -186,8 +194,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a run, sweep or study directory")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: root)")
+    parser.add_argument("--control", default=None, help="a configuration's label: paired gains over it")
+    parser.add_argument("--metric", default="test/accuracy", help="the metric the paired gains compare")
     args = parser.parse_args()
-    print(report(args.root, args.out), end="")
+    print(report(args.root, args.out, args.control, args.metric), end="")
 
 
 if __name__ == "__main__":

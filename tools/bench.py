@@ -6,8 +6,8 @@
     python tools/bench.py --lit-flat          # lit_align with the flat forward too (model.shared_prefix=false)
     pip install -e ".[bench]"                 # TRL, the other contender (skipped when missing)
 
-Each workload (SFT, DPO, AFT, reward model, RLOO: generation + scoring + update, generation
-alone) on each model (tiny, small, and a 2-layer Qwen2.5-0.5B-shaped one with its 151,936-token
+Each workload (SFT, DPO, AFT, reward model, RLOO and GRPO: generation + scoring + update,
+generation alone) on each model (tiny, small, and a 2-layer Qwen2.5-0.5B-shaped one with its 151,936-token
 vocabulary, `bench_qwen`) runs in one worker process per contender
 (`tools/bench_{lit,trl,bare}.py`), all built from the same `Spec`: the same model weights, rows,
 batch, lengths and optimizer settings. TRL has no AFT; there the bare loop's flat AFT is the
@@ -58,6 +58,7 @@ def main_table_specs(quick: bool) -> list[Spec]:
             Spec("aft", model, batch_size=batch // 4),  # questions, each with 5 chains
             Spec("rm", model, batch_size=batch // 2),
             Spec("rloo", model, batch_size=batch // 2, max_new_tokens=48),
+            Spec("grpo", model, batch_size=batch // 2, max_new_tokens=48),  # RLOO's prompts, samples and lengths
             Spec("generate", model, batch_size=batch // 2, max_new_tokens=48),
         ]
     if not quick:
@@ -69,6 +70,7 @@ def main_table_specs(quick: bool) -> list[Spec]:
             Spec("aft", "qwen", batch_size=1, **math),
             Spec("rm", "qwen", batch_size=4, **preference),
             Spec("rloo", "qwen", batch_size=1, max_new_tokens=64, **math),
+            Spec("grpo", "qwen", batch_size=1, max_new_tokens=64, **math),
         ]
     return specs
 
@@ -159,7 +161,7 @@ def tokens_per_step(spec: Spec) -> float:
 
 
 def throughput(result: dict, median_s: float) -> tuple[float, str]:
-    """Training tokens/s for SFT, DPO, AFT and RM; samples/s for RLOO and generation."""
+    """Training tokens/s for SFT, DPO, AFT and RM; samples/s for RLOO, GRPO and generation."""
     if result["tokens_per_step"]:
         return result["tokens_per_step"] / median_s, "tokens/s"
     spec = Spec(**result["spec"])

@@ -6,7 +6,7 @@ import math
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -138,6 +138,32 @@ def test_bare_grpo_loss_by_hand():
     torch.testing.assert_close(unscored, torch.tensor(beta * math.exp(-1) / 4))
 
 
+def test_each_workload_is_saved_as_it_finishes(tmp_path, monkeypatch):
+    """A run stopped during its second workload keeps the first: a line in results.jsonl, its row in
+    results.md and results.json, merged (``--only``) into the previous run's results."""
+    fake = lambda median: {"median_s": median, "times": [median], "peak_rss_mb": 100.0}  # noqa: E731
+    previous = {"spec": asdict(bench_setup.Spec("sft")), "tokens_per_step": 1000.0, "contenders": {"lit": fake(0.5)}}
+    (tmp_path / "results.json").write_text(json.dumps({"results": [previous], "scaling": [], "wall_s": 9.0}))
+    measured = []
+
+    def measure(spec, contenders, rounds, block, logs):
+        if measured:  # the run is stopped during the second workload
+            raise KeyboardInterrupt
+        measured.append(spec.workload)
+        return {c: fake(2.0) for c in contenders}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--out", str(tmp_path), "--only", "rloo-tiny,grpo-tiny", "--contenders", "lit,bare"])
+    assert measured == ["rloo"]
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(line["table"], line["spec"]["workload"]) for line in lines] == [("main", "rloo")]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["spec"]["workload"] for r in saved["results"]] == ["sft", "rloo"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| sft | tiny | lit_align | 500 |" in text and "| rloo | tiny | bare PyTorch | 2000 |" in text
+
+
 def test_aft_and_rm_rows_are_groups_of_five_and_pairs():
     tok = bench_setup.tokenizer()
     groups = bench_setup.rows(bench_setup.Spec("aft", num_train=16), tok, "groups")
@@ -206,4 +232,5 @@ def test_quick_bench_writes_table_and_plots(tmp_path):
     subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--quick", "--out", str(tmp_path)], check=True)
     text = (tmp_path / "results.md").read_text()
     assert text.count("| sft | tiny |") >= 2 and text.count("| grpo | tiny |") >= 2 and "## Scaling" in text
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(bench.main_table_specs(quick=True)) + 8
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "scaling.png").stat().st_size > 0

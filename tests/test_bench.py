@@ -6,6 +6,8 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -81,11 +83,13 @@ def test_contenders_get_the_same_rows_and_weights():
 
 def test_only_picks_workloads_models_and_patterns():
     specs = bench.main_table_specs(quick=False)
-    assert {(s.workload, s.model) for s in specs} >= {(w, "qwen") for w in ("sft", "dpo", "aft", "rm", "rloo")}
+    qwen = ("sft", "dpo", "aft", "rm", "rloo", "grpo")
+    assert {(s.workload, s.model) for s in specs} >= {(w, "qwen") for w in qwen}
     pick = lambda only: {f"{s.workload}-{s.model}" for s in specs if bench.selected(s, only)}  # noqa: E731
     assert pick(["dpo-qwen"]) == {"dpo-qwen"}
     assert pick(["aft"]) == {"aft-tiny", "aft-small", "aft-qwen"}
-    assert pick(["qwen", "sft-t*"]) == {f"{w}-qwen" for w in ("sft", "dpo", "aft", "rm", "rloo")} | {"sft-tiny"}
+    assert pick(["grpo"]) == {"grpo-tiny", "grpo-small", "grpo-qwen"}
+    assert pick(["qwen", "sft-t*"]) == {f"{w}-qwen" for w in qwen} | {"sft-tiny"}
     assert len(pick(None)) == len(specs)
 
 
@@ -101,6 +105,63 @@ def test_flat_aft_loss_is_the_objectives_formula():
     one = 1 + math.log(1 + math.exp(-1) + math.exp(0.8))
     two = 1.5 + math.log(1 + math.exp(1) + math.exp(-1.2))
     torch.testing.assert_close(bench_bare.flat_aft_loss(spec, scores, groups), torch.tensor((one + two) / 2))
+
+
+def test_grpo_is_rloos_workload_with_grpos_loss():
+    """Each GRPO row of the table is its RLOO row's prompts, samples and lengths (the Qwen-shaped one
+    the same file of rows), so the two read side by side."""
+    specs = {(s.workload, s.model): s for s in bench.main_table_specs(quick=False)}
+    for model in ("tiny", "small", "qwen"):
+        assert specs["grpo", model] == replace(specs["rloo", model], workload="grpo")
+    assert bench_qwen.data_file("grpo", 0, 64) == bench_qwen.data_file("rloo", 0, 64)
+    assert bench_qwen.make_rows("grpo", 0, 4) == bench_qwen.make_rows("rloo", 0, 4)
+    assert bench_qwen.lit_data_overrides("grpo", Path("x")) == bench_qwen.lit_data_overrides("rloo", Path("x"))
+
+
+def test_bare_grpo_loss_by_hand():
+    """One prompt, k = 2, rewards (1, 0): mean 0.5, Bessel std √0.5, A = ±a with a = 0.5 / (√0.5 + 1e-4).
+    Responses of 2 and 1 tokens, log π = −1 everywhere, log π_ref = −1 but −2 on the first response's
+    second token, where k3 = e^(−1) − (−1) − 1 = e^(−1). ρ = 1, so per token −A (+ β·k3): sequence 1
+    −a + β·e^(−1)/2, sequence 2 a, L = β·e^(−1)/4. ∂L/∂log π: −a/4 and (−a + β(1 − e^(−1)))/4 on
+    sequence 1 (½ per sequence × ½ per token), a/2 on sequence 2, 0 off the responses. An unscorable
+    sample (NaN) leaves its group one sample, so both get A = 0 and L is the KL's alone."""
+    beta, a = 0.04, 0.5 / (math.sqrt(0.5) + 1e-4)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    ref = torch.tensor([[-1.0, -2.0], [-1.0, -1.0]])
+    logps = torch.full((2, 2), -1.0, requires_grad=True)
+    loss = bench_bare.grpo_loss(logps, ref, mask, torch.tensor([1.0, 0.0]), 2, beta, 0.2)
+    torch.testing.assert_close(loss, torch.tensor(beta * math.exp(-1) / 4))
+    loss.backward()
+    expected = [[-a / 4, (-a + beta * (1 - math.exp(-1))) / 4], [a / 2, 0.0]]
+    torch.testing.assert_close(logps.grad, torch.tensor(expected))
+    unscored = bench_bare.grpo_loss(logps, ref, mask, torch.tensor([float("nan"), 1.0]), 2, beta, 0.2)
+    torch.testing.assert_close(unscored, torch.tensor(beta * math.exp(-1) / 4))
+
+
+def test_each_workload_is_saved_as_it_finishes(tmp_path, monkeypatch):
+    """A run stopped during its second workload keeps the first: a line in results.jsonl, its row in
+    results.md and results.json, merged (``--only``) into the previous run's results."""
+    fake = lambda median: {"median_s": median, "times": [median], "peak_rss_mb": 100.0}  # noqa: E731
+    previous = {"spec": asdict(bench_setup.Spec("sft")), "tokens_per_step": 1000.0, "contenders": {"lit": fake(0.5)}}
+    (tmp_path / "results.json").write_text(json.dumps({"results": [previous], "scaling": [], "wall_s": 9.0}))
+    measured = []
+
+    def measure(spec, contenders, rounds, block, logs):
+        if measured:  # the run is stopped during the second workload
+            raise KeyboardInterrupt
+        measured.append(spec.workload)
+        return {c: fake(2.0) for c in contenders}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--out", str(tmp_path), "--only", "rloo-tiny,grpo-tiny", "--contenders", "lit,bare"])
+    assert measured == ["rloo"]
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(line["table"], line["spec"]["workload"]) for line in lines] == [("main", "rloo")]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["spec"]["workload"] for r in saved["results"]] == ["sft", "rloo"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| sft | tiny | lit_align | 500 |" in text and "| rloo | tiny | bare PyTorch | 2000 |" in text
 
 
 def test_aft_and_rm_rows_are_groups_of_five_and_pairs():
@@ -155,9 +216,21 @@ def test_qwen_rows_tokenise_to_their_ids_in_every_contender(qwen_cache, workload
 
 
 @pytest.mark.slow
+def test_every_contender_runs_a_grpo_step(tmp_path):
+    """GRPO in each contender's worker (TRL's GRPOTrainer when installed, lit_align flat too): no
+    warm-up, one timed step of 2 prompts × 2 samples of up to 8 tokens; ~1 minute on 2 cores."""
+    spec = bench_setup.Spec("grpo", batch_size=2, num_samples=2, max_new_tokens=8, num_train=16, extra={"warmup": 0})
+    contenders = ["lit", "bare", "lit_flat"] + (["trl"] if find_spec("trl") else [])
+    by = bench.measure(spec, contenders, rounds=1, block=1, logs=tmp_path)
+    assert set(by) == set(contenders)
+    assert all(len(m["times"]) == 1 and m["peak_rss_mb"] > 0 for m in by.values())
+
+
+@pytest.mark.slow
 def test_quick_bench_writes_table_and_plots(tmp_path):
-    """The smoke run end to end (TRL too when installed): ~5 minutes on 2 cores."""
+    """The smoke run end to end (TRL too when installed): ~6 minutes on 2 cores."""
     subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--quick", "--out", str(tmp_path)], check=True)
     text = (tmp_path / "results.md").read_text()
-    assert text.count("| sft | tiny |") >= 2 and "## Scaling" in text
+    assert text.count("| sft | tiny |") >= 2 and text.count("| grpo | tiny |") >= 2 and "## Scaling" in text
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(bench.main_table_specs(quick=True)) + 8
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "scaling.png").stat().st_size > 0

@@ -6,8 +6,8 @@
     python tools/bench.py --lit-flat          # lit_align with the flat forward too (model.shared_prefix=false)
     pip install -e ".[bench]"                 # TRL, the other contender (skipped when missing)
 
-Each workload (SFT, DPO, AFT, reward model, RLOO: generation + scoring + update, generation
-alone) on each model (tiny, small, and a 2-layer Qwen2.5-0.5B-shaped one with its 151,936-token
+Each workload (SFT, DPO, AFT, reward model, RLOO and GRPO: generation + scoring + update,
+generation alone) on each model (tiny, small, and a 2-layer Qwen2.5-0.5B-shaped one with its 151,936-token
 vocabulary, `bench_qwen`) runs in one worker process per contender
 (`tools/bench_{lit,trl,bare}.py`), all built from the same `Spec`: the same model weights, rows,
 batch, lengths and optimizer settings. TRL has no AFT; there the bare loop's flat AFT is the
@@ -16,6 +16,10 @@ blocks of ``--block`` steps (defaults per model, `TURNS`), so drift hits all. Re
 median step time and the spread of the steps, throughput, the worker's peak RSS, and the ratios
 to TRL and to the bare loop, all from this one run. Then step time against sequence length and
 batch size for SFT and DPO (lit_align and the bare loop, one turn each), for how cost grows.
+
+Each workload's result is written as soon as it is measured: a line appended to results.jsonl
+(every run's, each line with its run's start time) and results.json and results.md rewritten,
+so an interrupted run keeps what it measured; the plots are drawn at the end.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def main_table_specs(quick: bool) -> list[Spec]:
             Spec("aft", model, batch_size=batch // 4),  # questions, each with 5 chains
             Spec("rm", model, batch_size=batch // 2),
             Spec("rloo", model, batch_size=batch // 2, max_new_tokens=48),
+            Spec("grpo", model, batch_size=batch // 2, max_new_tokens=48),  # RLOO's prompts, samples and lengths
             Spec("generate", model, batch_size=batch // 2, max_new_tokens=48),
         ]
     if not quick:
@@ -69,6 +74,7 @@ def main_table_specs(quick: bool) -> list[Spec]:
             Spec("aft", "qwen", batch_size=1, **math),
             Spec("rm", "qwen", batch_size=4, **preference),
             Spec("rloo", "qwen", batch_size=1, max_new_tokens=64, **math),
+            Spec("grpo", "qwen", batch_size=1, max_new_tokens=64, **math),
         ]
     return specs
 
@@ -159,7 +165,7 @@ def tokens_per_step(spec: Spec) -> float:
 
 
 def throughput(result: dict, median_s: float) -> tuple[float, str]:
-    """Training tokens/s for SFT, DPO, AFT and RM; samples/s for RLOO and generation."""
+    """Training tokens/s for SFT, DPO, AFT and RM; samples/s for RLOO, GRPO and generation."""
     if result["tokens_per_step"]:
         return result["tokens_per_step"] / median_s, "tokens/s"
     spec = Spec(**result["spec"])
@@ -264,7 +270,49 @@ def plot(results: list[dict], scaling: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+class Results:
+    """The run's results so far, written after each workload: a line appended to results.jsonl,
+    results.json and results.md rewritten. A partial run (``--only``) replaces its workloads in
+    the previous results.json, read once at the start (later writes are this run's own)."""
+
+    def __init__(self, out: Path, partial: bool) -> None:
+        self.out, self.started = out, time.perf_counter()
+        self.run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        previous = out / "results.json"
+        self.old = json.loads(previous.read_text()) if partial and previous.is_file() else None
+        self.results: list[dict] = []
+        self.scaling: list[dict] = []
+
+    def add(self, result: dict, scaling: bool = False) -> None:
+        (self.scaling if scaling else self.results).append(result)
+        with (self.out / "results.jsonl").open("a") as lines:
+            lines.write(json.dumps({"run": self.run, "table": "scaling" if scaling else "main", **result}) + "\n")
+        self.write()
+
+    def merged(self) -> tuple[list[dict], list[dict], float]:
+        """(results, scaling, wall seconds) as results.json holds them."""
+        results, scaling, wall = self.results, self.scaling, time.perf_counter() - self.started
+        if self.old is not None:  # a partial rerun replaces its workloads in the last full run
+            fresh = {Spec(**r["spec"]).name for r in results}
+            results = [r for r in self.old["results"] if Spec(**r["spec"]).name not in fresh] + results
+            scaling = scaling or self.old.get("scaling", [])
+            wall = self.old.get("wall_s", 0.0)
+        return results, scaling, wall
+
+    def write(self) -> str:
+        """Rewrites results.json and results.md; returns the Markdown."""
+        results, scaling, wall = self.merged()
+        (self.out / "results.json").write_text(
+            json.dumps({"results": results, "scaling": scaling, "wall_s": wall}, indent=1)
+        )
+        text = [f"# tools/bench.py: {len(results)} workloads, {wall:.0f} s", "", table(results)]
+        if scaling:
+            text += ["", "## Scaling (tiny model)", "", scaling_table(scaling)]
+        (self.out / "results.md").write_text("\n".join(text) + "\n")
+        return "\n".join(text)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--quick", action="store_true", help="tiny model only, one round: a smoke run")
@@ -277,7 +325,7 @@ def main() -> None:
     parser.add_argument("--lit-flat", action="store_true",
                         help="add lit_align with the flat forward (needs the model.shared_prefix switch)")  # fmt: skip
     parser.add_argument("--no-scaling", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     only = args.only.split(",") if args.only else None
     contenders = args.contenders.split(",") + (["lit_flat"] if args.lit_flat else [])
     if "trl" in contenders and find_spec("trl") is None:
@@ -286,7 +334,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
-    started = time.perf_counter()
+    saved = Results(args.out, partial=bool(only))
 
     def run(spec: Spec, who: list[str], turns: tuple[int, int]) -> dict:
         spec = replace(spec, extra={**spec.extra, "warmup": args.warmup})
@@ -301,30 +349,18 @@ def main() -> None:
         rounds, block = (1, TURNS[spec.model][1]) if args.quick else TURNS[spec.model]
         return args.rounds or rounds, args.block or block
 
-    specs = [s for s in main_table_specs(args.quick) if selected(s, only)]
-    results = [run(spec, contenders, turns(spec)) for spec in specs]
-    scaling = []
+    for spec in main_table_specs(args.quick):
+        if selected(spec, only):
+            saved.add(run(spec, contenders, turns(spec)))
     if not args.no_scaling and (not only or "scaling" in only):
         for axis, spec in scaling_specs(args.quick):
-            scaling.append({"axis": axis, **run(spec, ["lit", "bare"], (1, args.block or 3))})  # one turn each
-    wall = time.perf_counter() - started
-    previous = args.out / "results.json"
-    if only and previous.is_file():  # a partial rerun replaces its workloads in the last full run
-        old = json.loads(previous.read_text())
-        fresh = {Spec(**r["spec"]).name for r in results}
-        results = [r for r in old["results"] if Spec(**r["spec"]).name not in fresh] + results
-        scaling = scaling or old.get("scaling", [])
-        wall = old.get("wall_s", 0.0)
-    (args.out / "results.json").write_text(
-        json.dumps({"results": results, "scaling": scaling, "wall_s": wall}, indent=1)
-    )
-    text = [f"# tools/bench.py: {len(results)} workloads, {wall:.0f} s", "", table(results)]
-    if scaling:
-        text += ["", "## Scaling (tiny model)", "", scaling_table(scaling)]
-    (args.out / "results.md").write_text("\n".join(text) + "\n")
+            saved.add({"axis": axis, **run(spec, ["lit", "bare"], (1, args.block or 3))}, scaling=True)  # one turn each
+    text = saved.write()
+    results, scaling, wall = saved.merged()
     plot(results, scaling, args.out)
-    print("\n".join(text))
-    print(f"wrote {args.out}/results.md, results.json, bench.png, scaling.png in {wall:.0f} s", file=sys.stderr)
+    print(text)
+    print(f"wrote {args.out}/results.md, results.json, results.jsonl, bench.png, scaling.png in {wall:.0f} s",
+          file=sys.stderr)  # fmt: skip
 
 
 if __name__ == "__main__":

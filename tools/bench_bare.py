@@ -1,9 +1,10 @@
 """The bare PyTorch contender of `tools/bench.py`: the same math in the fewest operations.
 
 No framework: rows tokenised once and taken in lit_align's first-epoch order, pad to the batch's longest, one
-forward (two for DPO and RLOO, with the reference), `cross_entropy` or a gather of the
-log-softmax, AdamW, gradient clipping. RLOO is on-policy with one update per rollout, so the
-sampling policy's log-probs are the training forward's, detached: no separate forward for them.
+forward (two for DPO, RLOO and GRPO, with the reference), `cross_entropy` or a gather of the
+log-softmax, AdamW, gradient clipping. RLOO and GRPO are on-policy with one update per rollout,
+so the sampling policy's log-probs are the training forward's, detached: no separate forward for
+them.
 AFT is *flat*: every chain of a group is its own full sequence (its prompt computed once per
 chain), scored by its length-normalised log-likelihood, with lit_align's pure `aft_alignment_loss`
 for L_A. The reward model is a one-label sequence classifier read at each sequence's last token.
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from bench_setup import Gate, Spec, build_model, datamodule, rows, tokenizer
 
 from lit_align.objectives.aft import aft_alignment_loss
+from lit_align.objectives.pg_parts import group_std_advantages
 from lit_align.rewards.math import MathReward
 
 
@@ -42,13 +44,17 @@ def padded(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torc
     return ids, mask
 
 
+def token_logps(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log p(token t | tokens < t) of every token after the first: ``(batch, T − 1)``."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    return torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
 def response_logps(
     model, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor, mean: bool = False
 ) -> torch.Tensor:
     """Σ_t log p(token t) over each row's response tokens (their mean with ``mean``): ``(batch,)``."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    logps = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    total = (logps * loss_mask[:, 1:]).sum(-1)
+    total = (token_logps(model, ids, mask) * loss_mask[:, 1:]).sum(-1)
     return total / loss_mask[:, 1:].sum(-1).clamp(min=1) if mean else total
 
 
@@ -84,7 +90,7 @@ def run(spec: Spec, gate: Gate) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    if spec.workload == "rloo":
+    if spec.workload in ("rloo", "grpo"):
         return sample_forever(spec, gate, tok, model, train=True, update=update)
     if spec.workload == "sft":
         encoded = [encode(tok, r["prompt"], r["response"]) for r in rows(spec, tok, "sft")]
@@ -156,8 +162,37 @@ def flat_aft_loss(spec: Spec, scores: torch.Tensor, groups: list[list[dict]]) ->
     return total / len(groups)
 
 
+def grpo_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    mask: torch.Tensor,
+    scores: torch.Tensor,
+    k: int,
+    beta: float,
+    epsilon: float,
+) -> torch.Tensor:
+    """GRPO's loss on one on-policy rollout trained on once (Shao et al. 2024, arXiv 2402.03300):
+    A_i = (r_i − mean) / (std + 1e-4) in each prompt's group (lit_align's pure `group_std_advantages`;
+    an unscorable sample, score NaN, gets 0 and is left out of its group's statistics), per token
+    −min(ρ·A, clip(ρ, 1 ± ε)·A) + β·k3, each sequence's token mean, then the mean over sequences.
+    ρ = exp(log π − log π.detach()) is 1 in value with the gradient of log π: the policy that sampled
+    is this one, so there is no separate forward for the old log-probs and the clip never binds.
+
+    ``logps``, ``ref_logps``, ``mask``: ``(samples, T)``; ``scores``: ``(samples,)``, the k samples
+    of each prompt together.
+    """
+    groups = scores.view(-1, k)
+    advantages = group_std_advantages(groups.nan_to_num(0.0), ~groups.isnan()).reshape(-1, 1)
+    ratio = torch.exp(logps - logps.detach())
+    surrogate = -torch.min(ratio * advantages, ratio.clamp(1 - epsilon, 1 + epsilon) * advantages)
+    log_ratio = ref_logps - logps
+    kl = torch.exp(log_ratio) - log_ratio - 1  # k3, per token
+    losses = surrogate + beta * kl
+    return ((losses * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
 def sample_forever(spec: Spec, gate: Gate, tok, model, train: bool, update=None) -> None:
-    """Generation alone, or RLOO: sample k per prompt, score, leave-one-out, one update."""
+    """Generation alone, or RLOO or GRPO: sample k per prompt, score, advantages, one update."""
     reference = build_model(spec, tok).eval().requires_grad_(False) if train else None
     prompts = datamodule(spec, tok, "rollout").prompt_set().to_list()
     encoded = [encode(tok, p["prompt"])[0] for p in prompts]
@@ -182,6 +217,13 @@ def sample_forever(spec: Spec, gate: Gate, tok, model, train: bool, update=None)
         full_mask = torch.cat([mask, keep], 1)
         loss_mask = torch.cat([torch.zeros_like(mask), keep], 1)
         seq = torch.cat([ids, completion * keep], 1)
+        if spec.workload == "grpo":
+            logps = token_logps(model, seq, full_mask)
+            with torch.no_grad():
+                ref = token_logps(reference, seq, full_mask)
+            unscored = torch.tensor([float("nan") if s is None else s for s in scores])
+            update(grpo_loss(logps, ref, loss_mask[:, 1:], unscored, k, spec.grpo_kl_coef, spec.clip_epsilon))
+            continue
         logps = response_logps(model, seq, full_mask, loss_mask)
         with torch.no_grad():
             kl = logps.detach() - response_logps(reference, seq, full_mask, loss_mask)  # k1, summed

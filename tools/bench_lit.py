@@ -1,8 +1,8 @@
 """The lit_align contender of `tools/bench.py`: the user's path, `train(cfg)` on a composed config.
 
 Everything a run does by default happens (the Lightning loop, the CSV logger, the checkpoint
-callback, online sampling for RLOO); only what the other contenders do not do either is off:
-evaluation before and during training, checkpoints inside the timed steps, the progress bar.
+callback, online sampling for RLOO and GRPO); only what the other contenders do not do either is
+off: evaluation before and during training, checkpoints inside the timed steps, the progress bar.
 The Qwen-shaped model and its rows come in as a user's local files would: ``model=hf`` on the
 model's folder and ``data=gsm8k|preference|cot_ranking`` on JSON Lines files (`bench_qwen`).
 ``spec.extra["lit_overrides"]`` appends overrides (the ``lit_flat`` variant's switch).
@@ -83,11 +83,21 @@ def overrides(spec: Spec, out_dir: str) -> list[str]:
             "objective.constraint=boundary", "objective.feedback=binary", f"objective.vft_weight={spec.vft_weight}",
             batch, *extra,
         ]  # fmt: skip
-    if spec.workload == "rloo":
+    if spec.workload in ("rloo", "grpo"):
+        if spec.workload == "rloo":
+            objective = [
+                "objective=rloo", f"objective.kl.coef={spec.kl_coef}",
+                "objective.aggregation=seq_sum",  # TRL's RLOO: −A·Σ_t log π, mean over samples
+            ]  # fmt: skip
+        else:  # GRPO's defaults, spelled out: group-std advantages, k3 KL in the loss, per-sequence token means
+            objective = [
+                "objective=grpo", f"objective.kl.coef={spec.grpo_kl_coef}", "objective.kl.estimator=k3",
+                "objective.kl.placement=loss", "objective.advantage=group_std",
+                f"objective.epsilon_low={spec.clip_epsilon}", "objective.aggregation=seq_mean",  # TRL's loss_type=grpo
+            ]  # fmt: skip
         # One rollout (batch_size prompts × k samples) and one optimizer step on all of it per epoch.
         return [
-            *common, "objective=rloo", "init=none", f"objective.kl.coef={spec.kl_coef}",
-            "objective.aggregation=seq_sum",  # TRL's RLOO: −A·Σ_t log π, mean over samples
+            *common, *objective, "init=none",
             f"rollout.num_prompts={spec.batch_size}", f"rollout.num_samples={spec.num_samples}",
             "rollout.every_n_epochs=1", f"data.batch_size={spec.batch_size}",  # prompts, each with its k samples
             f"eval.max_new_tokens={spec.max_new_tokens}", f"rollout.temperature={spec.temperature}",

@@ -82,7 +82,7 @@ def split(stats: pstats.Stats) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("contender", choices=["lit", "trl", "bare"])
-    parser.add_argument("workload", choices=["sft", "dpo", "aft", "rm", "rloo", "generate"])
+    parser.add_argument("workload", choices=["sft", "dpo", "aft", "rm", "rloo", "grpo", "generate"])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)

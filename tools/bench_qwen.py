@@ -14,11 +14,11 @@ tokens at their own ids (``<|endoftext|>`` pads, ``<|im_end|>`` ends a response;
 Qwen2.5 has none), then ``####`` (GSM8K's answer marker) and ``<unk>``; the rest of the
 embedding is unused, as in Qwen2.5. Shapes (prompt, response tokens):
 
-- ``math`` (SFT, RLOO, AFT, generation): prompts 80–120, responses 120–180 (~100 / ~150);
+- ``math`` (SFT, RLOO, GRPO, AFT, generation): prompts 80–120, responses 120–180 (~100 / ~150);
 - ``preference`` (DPO, RM): prompts 160–240, responses 200–400 (~200 / ~300).
 
 `prepare` writes the model, its tokenizer (in a folder of its own, see `tokenizer_dir`) and the
-rows (one JSON Lines file per data config: ``data=gsm8k`` for SFT and the RLOO prompts,
+rows (one JSON Lines file per data config: ``data=gsm8k`` for SFT and the RLOO and GRPO prompts,
 ``data=preference`` for DPO and RM pairs, ``data=cot_ranking`` for AFT groups) to a cache folder
 once; every contender reads them there, and lit_align through its own ``model=hf`` and file
 datamodules, as a user with local files would.
@@ -44,7 +44,8 @@ CONFIG = dict(
     tie_word_embeddings=True, pad_token_id=151_643, eos_token_id=151_645, bos_token_id=None, num_labels=1,
 )  # fmt: skip
 SHAPES = {"math": ((80, 120), (120, 180)), "preference": ((160, 240), (200, 400))}
-FAMILY = {"sft": "math", "rloo": "math", "generate": "math", "aft": "math", "dpo": "preference", "rm": "preference"}
+FAMILY = {"sft": "math", "rloo": "math", "grpo": "math", "generate": "math", "aft": "math", "dpo": "preference",
+          "rm": "preference"}  # fmt: skip
 HELD_OUT = 2  # rows each for validation and test, carved off the file's start (never evaluated)
 VERSION = 1  # bump when the files' contents change, so stale caches are not reused
 
@@ -89,7 +90,8 @@ def tokenizer_dir(seed: int) -> Path:
 
 def data_file(workload: str, seed: int, num_train: int) -> Path:
     """The JSON Lines file of a workload's rows: ``num_train`` training rows after the held-out ones."""
-    kind = {"sft": "gsm8k", "rloo": "gsm8k", "generate": "gsm8k", "dpo": "pairs", "rm": "pairs", "aft": "groups"}
+    kind = {"sft": "gsm8k", "rloo": "gsm8k", "grpo": "gsm8k", "generate": "gsm8k", "dpo": "pairs", "rm": "pairs",
+            "aft": "groups"}  # fmt: skip
     return cache_dir(seed) / f"{kind[workload]}-n{num_train}.jsonl"
 
 
@@ -104,7 +106,7 @@ def make_rows(workload: str, seed: int, n: int) -> list[dict[str, Any]]:
     rows = []
     for _ in range(n):
         prompt = random_ids(rng, prompt_lengths)
-        if workload in ("sft", "rloo", "generate"):  # GSM8K: a solution ending "#### <answer>"; the
+        if workload in ("sft", "rloo", "grpo", "generate"):  # GSM8K: a solution ending "#### <answer>"; the
             # question ends in a newline, as TRL joins prompt and response as text
             solution = random_ids(rng, (response_lengths[0] - 2, response_lengths[1] - 2))
             answer = rng.randrange(WORDS)
@@ -165,8 +167,8 @@ def _publish(partial: Path, final: Path) -> None:
 
 def lit_data_overrides(workload: str, source: Path) -> list[str]:
     """lit_align's data config for a workload's file."""
-    config = {"sft": "gsm8k", "rloo": "gsm8k", "generate": "gsm8k", "dpo": "preference", "rm": "preference",
-              "aft": "cot_ranking"}[workload]  # fmt: skip
+    config = {"sft": "gsm8k", "rloo": "gsm8k", "grpo": "gsm8k", "generate": "gsm8k", "dpo": "preference",
+              "rm": "preference", "aft": "cot_ranking"}[workload]  # fmt: skip
     out = [f"data={config}", f"data.source={source}", f"data.num_val={HELD_OUT}", f"data.num_test={HELD_OUT}"]
     if config == "gsm8k":  # the question as written, ending in a newline (the default adds English words)
         out.append("data.prompt_template='{question}'")

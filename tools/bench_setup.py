@@ -37,10 +37,10 @@ MODELS = {
 class Spec:
     """One workload's settings; identical for every contender."""
 
-    workload: str  # sft | dpo | rloo | generate | aft | rm
+    workload: str  # sft | dpo | rloo | grpo | generate | aft | rm
     model: str = "tiny"  # tiny | small (Llamas, the arithmetic task) | qwen (random rows, `bench_qwen`)
-    batch_size: int = 16  # rows per step: SFT rows, DPO/RM pairs, AFT questions, RLOO/generate prompts
-    num_samples: int = 4  # RLOO/generate: samples per prompt
+    batch_size: int = 16  # rows per step: SFT rows, DPO/RM pairs, AFT questions, RLOO/GRPO/generate prompts
+    num_samples: int = 4  # RLOO/GRPO/generate: samples per prompt (GRPO's group)
     group_size: int = 5  # AFT: chains per question (4 sampled or corrupted ones and the gold one)
     max_new_tokens: int = 48
     temperature: float = 1.0
@@ -54,6 +54,8 @@ class Spec:
     beta: float = 0.1  # DPO's β; AFT's boundary margin β
     vft_weight: float = 1.0  # AFT's weight of L_VFT
     kl_coef: float = 0.05  # RLOO's β, k1 KL in the reward
+    grpo_kl_coef: float = 0.04  # GRPO's β, k3 KL in the loss
+    clip_epsilon: float = 0.2  # GRPO's clip range [1 − ε, 1 + ε]
     seed: int = 0
     # "warmup": untimed steps; "lit_overrides": more command-line overrides for lit_align (the
     # `VARIANTS` add theirs here); "trl_gradient_checkpointing" (see `bench_trl`).
@@ -62,7 +64,7 @@ class Spec:
     @property
     def rows_per_step(self) -> int:
         """Sequences a step trains on (a DPO or RM pair is two; an AFT question its whole group;
-        an RLOO step all its samples)."""
+        an RLOO or GRPO step all its samples)."""
         per_row = {"sft": 1, "dpo": 2, "rm": 2, "aft": self.group_size}
         return self.batch_size * per_row.get(self.workload, self.num_samples)
 

@@ -26,10 +26,20 @@ here:
   the pairs as text; it joins ``prompt + chosen`` (and ``+ rejected``) and appends the eos itself,
   as lit_align's encoding does; no reward centring (``center_rewards_coefficient=None``, lit_align's
   ``center_coef=0``).
-- DPO and RLOO build their reference the way TRL does when none is given: TRL reloads the policy
-  from its ``name_or_path`` (``create_model_from_path``). The policy is `build_model` saved to a
-  temporary directory, whose path becomes its ``name_or_path``, so the reference TRL loads has the
-  policy's initial weights. (RLOOTrainer has no ``ref_model`` argument at all.)
+- DPO, RLOO and GRPO build their reference the way TRL does when none is given: TRL reloads the
+  policy from its ``name_or_path`` (``create_model_from_path``). The policy is `build_model` saved
+  to a temporary directory, whose path becomes its ``name_or_path``, so the reference TRL loads has
+  the policy's initial weights. (RLOOTrainer and GRPOTrainer have no ``ref_model`` argument at all.)
+- GRPOTrainer is set to lit_align's ``objective=grpo``: ``num_generations`` = the group k,
+  ``beta=0.04`` with TRL's k3 KL in the loss, ``loss_type="grpo"`` (each sequence's token mean,
+  then the mean over sequences: lit_align's ``aggregation=seq_mean``), ``scale_rewards="group"``
+  (Bessel std + 1e-4, as lit_align's ``group_std``), token-level ratios clipped at ε = 0.2 both
+  sides, one generation round and one update per step, so its old log-probs are the training
+  forward's, detached (no forward for them). ``use_bias_correction_kl=False``: TRL 1.16 defaults
+  to multiplying the per-token KL by the ratio, which is 1 in value on-policy but adds
+  KL·∇log π to the gradient; lit_align's loss has no such factor. Like RLOOTrainer, it computes
+  the per-token entropy in the training forward for its metrics (``compute_entropy=True``, not a
+  setting); that is part of what it costs.
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ class GateCallback(TrainerCallback):
 
 
 def run(spec: Spec, gate: Gate) -> None:
-    workloads = {"sft": _sft, "dpo": _dpo, "rm": _rm, "rloo": _rloo, "generate": _generate}
+    workloads = {"sft": _sft, "dpo": _dpo, "rm": _rm, "rloo": _rloo, "grpo": _grpo, "generate": _generate}
     if spec.workload not in workloads:
         raise ValueError(f"unknown workload {spec.workload!r}; one of {sorted(workloads)}")
     workloads[spec.workload](spec, gate)
@@ -206,13 +216,11 @@ def _math_reward():
     return math
 
 
-def _rloo(spec: Spec, gate: Gate) -> None:
-    from trl import RLOOConfig, RLOOTrainer
-
-    tok = tokenizer(spec)
-    samples = spec.batch_size * spec.num_samples
-    args = RLOOConfig(
-        **_common(spec, samples),  # RLOO's batch size counts completions, not prompts
+def _online(spec: Spec) -> dict[str, Any]:
+    """What RLOOConfig and GRPOConfig share: one generation round of ``batch_size`` prompts ×
+    ``num_samples`` completions per optimizer step, trained on once, sampled as lit_align samples."""
+    return dict(
+        **_common(spec, spec.batch_size * spec.num_samples),  # their batch size counts completions, not prompts
         steps_per_generation=1,  # one generation round per optimizer step ...
         num_iterations=1,  # ... trained on once
         num_generations=spec.num_samples,
@@ -220,11 +228,15 @@ def _rloo(spec: Spec, gate: Gate) -> None:
         temperature=spec.temperature,
         top_p=1.0,
         top_k=0,
-        beta=spec.kl_coef,
         use_vllm=False,
     )
+
+
+def _train_online(spec: Spec, gate: Gate, trainer_class, args) -> None:
+    """RLOOTrainer or GRPOTrainer on the rollout prompts, scored by the math verifier."""
+    tok = tokenizer(spec)
     model = _saved_policy(spec, tok)
-    trainer = RLOOTrainer(
+    trainer = trainer_class(
         model=model,
         reward_funcs=_math_reward(),
         args=args,
@@ -234,6 +246,29 @@ def _rloo(spec: Spec, gate: Gate) -> None:
     )
     _forget_saved_policy(model)
     trainer.train()
+
+
+def _rloo(spec: Spec, gate: Gate) -> None:
+    from trl import RLOOConfig, RLOOTrainer
+
+    _train_online(spec, gate, RLOOTrainer, RLOOConfig(**_online(spec), beta=spec.kl_coef))
+
+
+def _grpo(spec: Spec, gate: Gate) -> None:
+    """GRPOTrainer set to lit_align's ``objective=grpo`` (see the module docstring)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(
+        **_online(spec),
+        beta=spec.grpo_kl_coef,  # k3 KL to the reference, in the loss
+        use_bias_correction_kl=False,  # the KL unweighted by the ratio, as lit_align (TRL's default: weighted)
+        loss_type="grpo",  # per-sequence token mean, then the mean over sequences: lit_align's seq_mean
+        scale_rewards="group",  # (r − group mean) / (group std + 1e-4)
+        importance_sampling_level="token",
+        epsilon=spec.clip_epsilon,
+        epsilon_high=spec.clip_epsilon,
+    )
+    _train_online(spec, gate, GRPOTrainer, args)
 
 
 def _generate(spec: Spec, gate: Gate) -> None:

@@ -97,6 +97,14 @@ def _check_combinations(cfg: DictConfig) -> None:
             "objective.precompute_ref=true scores fixed pairs once before training, but rollout=online "
             "makes new pairs from the policy: set objective.precompute_ref=false (a reference model is kept)"
         )
+    if batch_format == "unpaired" and online:
+        # Online sampling makes pairs, groups, SFT rows or rollouts from rewards; a thumbs-up or
+        # down per response is not among them, and `rows_from_samples` would fail only after the
+        # SFT stage and the first generation.
+        raise ConfigError(
+            f"{name} learns from labelled single responses in the data (data=unpaired, or pairs unpaired), "
+            "which online sampling does not make: set rollout=none (simpo, orpo and dpo take online pairs)"
+        )
     if batch_format == "rollout" and not online:
         raise ConfigError(f"{name} trains on rollouts from online sampling: keep rollout=online")
     head = OmegaConf.select(cfg, "model.policy.head", default=None)

@@ -176,6 +176,9 @@ def test_iterative_resampling_refreshes_every_epoch(tmp_path):
     [
         (["objective=dpo", "init=none"], "rewards/accuracies"),  # online DPO: best vs worst sample
         (["objective=sft", "rollout.threshold=8"], "train/loss"),  # rejection sampling: samples of 8+ chars
+        # SimPO and ORPO take the same best-vs-worst pairs (KTO is refused: tests/test_config.py).
+        pytest.param(["objective=simpo", "init=none"], "rewards/accuracies", marks=pytest.mark.slow),
+        pytest.param(["objective=orpo", "init=none"], "rewards/accuracies", marks=pytest.mark.slow),
     ],
 )
 def test_online_dpo_and_rejection_sampling(tmp_path, overrides, metric):

@@ -129,7 +129,7 @@ class UnpairedBatch(Responses):
     Attributes:
         desirable: ``(R,)`` bool, whether response ``r`` is desirable.
         kl_response_ids: ``(R, Tk)`` the mismatched response that prompt ``r`` is paired with
-            (the previous row's of the optimizer step, as TRL cycles them), right-padded.
+            (another row's of its split, `lit_align.data.formats.mismatched_responses`), right-padded.
         kl_response_mask: ``(R, Tk)`` 1 on its tokens.
     """
 

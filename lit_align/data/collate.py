@@ -106,21 +106,16 @@ class StepCollator:
     micro-batches of ``micro_batch_size`` rows.
 
     Each micro-batch is padded on its own, so short rows are not padded to the step's longest.
-    ``prepare`` (`RowFormat.prepare_step`) first sees the step's rows together.
     """
 
     def __init__(
         self,
         collate: Callable[[Sequence[dict[str, Any]]], dict[str, Any]],
         micro_batch_size: int,
-        prepare: Callable[[Sequence[dict[str, Any]]], Sequence[dict[str, Any]]] | None = None,
     ):
         self.collate = collate
         self.micro_batch_size = micro_batch_size
-        self.prepare = prepare
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         size = self.micro_batch_size
-        if self.prepare is not None:
-            rows = self.prepare(rows)
         return [self.collate(rows[i : i + size]) for i in range(0, len(rows), size)]

@@ -126,8 +126,10 @@ class AlignDataModule(L.LightningDataModule):
             # Held-out rows with a gold answer are scored by generation; others (preference
             # pairs, say) by the objective itself.
             by_generation = self.eval_by_generation and "answer" in split.column_names
-            encode = self._encode_prompt if by_generation else self._encode_train
-            self.splits[name] = map_rows(split, encode, remove_columns=split.column_names)
+            if by_generation:
+                self.splits[name] = map_rows(split, self._encode_prompt, remove_columns=split.column_names)
+            else:
+                self.splits[name] = self._encoded(split)
 
     def set_train_rows(self, rows: list[dict[str, Any]]) -> None:
         """Replaces the training split with ``rows`` in ``batch_format``'s schema (the online
@@ -146,7 +148,7 @@ class AlignDataModule(L.LightningDataModule):
         assert self.splits is not None
         if self.batch_format == "rollout":
             raise ValueError("rollout rows come from online sampling (rollout=online), not from a dataset")
-        train = map_rows(raw, self._encode_train, remove_columns=raw.column_names)
+        train = self._encoded(raw)
         self.stats |= {
             "data/train_rows": len(train),
             "data/prompt_truncated": sum(train["prompt_truncated"]),
@@ -160,6 +162,17 @@ class AlignDataModule(L.LightningDataModule):
         if "train" not in self.splits:
             self._set_train(self._raw_train)
         return self.splits["train"]
+
+    def _encoded(self, raw: Dataset) -> Dataset:
+        """``raw`` rows encoded in ``batch_format``, with the columns each row takes from the
+        others of its split (`RowFormat.split_columns`)."""
+        fmt = FORMATS[self.batch_format]
+        split = map_rows(raw, self._encode_train, remove_columns=raw.column_names)
+        if len(split) == 0:  # mapping no rows makes no columns (num_val=0, say)
+            return split
+        for name, column in fmt.split_columns(split).items():
+            split = split.add_column(name, column)
+        return split
 
     def _encode_train(self, row: dict[str, Any]) -> dict[str, Any]:
         return FORMATS[self.batch_format].encode(self.tokenizer, row, self.max_prompt_length, self.max_length)
@@ -207,7 +220,7 @@ class AlignDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             batch_size=batch,
             drop_last=len(train) >= self.batch_size,  # every step sees a full batch
-            collate_fn=StepCollator(collate, self.micro_batch_size or batch, FORMATS[self.batch_format].prepare_step),
+            collate_fn=StepCollator(collate, self.micro_batch_size or batch),
             num_workers=self.num_workers,
         )
 
@@ -221,7 +234,7 @@ class AlignDataModule(L.LightningDataModule):
             collate = partial(collate_prompts, pad_id=pad_id)
         else:
             fmt = FORMATS[self.batch_format]
-            collate = StepCollator(partial(fmt.collate, pad_id=pad_id), self.eval_batch_size, fmt.prepare_step)
+            collate = StepCollator(partial(fmt.collate, pad_id=pad_id), self.eval_batch_size)
         # Its own generator: creating the iterator draws a worker seed from it, not from the
         # global RNG, so evaluating more or less often cannot change what training draws.
         return DataLoader(dataset, batch_size=self.eval_batch_size, collate_fn=collate,

@@ -35,10 +35,12 @@ class RowFormat:
     def collate(self, rows: Sequence[Row], pad_id: int) -> Responses:
         raise NotImplementedError
 
-    def prepare_step(self, rows: Sequence[Row]) -> Sequence[Row]:
-        """One optimizer step's rows (on this device) before they are cut into micro-batches:
-        for what a row needs from the others of its step (KTO's mismatched responses)."""
-        return rows
+    def split_columns(self, split: Any) -> dict[str, list[Any]]:
+        """Columns a row takes from the other rows of its split (KTO's mismatched responses),
+        added once when the encoded split is built: a step, a micro-batch or a rank sees only
+        some rows, so what depends on the others is fixed before any of them is served.
+        ``split``: the encoded columns by name (a ``datasets.Dataset`` or a dict of lists)."""
+        return {}
 
 
 def split_prompt(ids: Sequence[int], prompt_len: int) -> tuple[list[int], list[int]]:
@@ -136,11 +138,13 @@ class UnpairedFormat(RowFormat):
     """``prompt``, ``completion``, ``label`` (bool) → one prompt with one response, and the same
     prompt with a mismatched response for KTO's KL reference point.
 
-    The mismatched responses are assigned over the whole step (`prepare_step`), before it is cut
-    into micro-batches, so they do not depend on micro-batching: row ``i`` of the step gets row
-    ``i − 1``'s response (row 0 the last row's), as TRL's KTO trainer cycles completions within
-    the per-device batch (``trl/trainer/kto_trainer.py``, ``add_kl_completion_ids``: ``[c[-1]] +
-    c[:-1]``). A step of one row pairs it with its own response.
+    The mismatched responses are assigned over the whole split (`split_columns`), once, before
+    it is shuffled into steps: a row's is then the same whichever step, micro-batch or rank serves
+    it, so z₀ does not depend on micro-batching or on the device count. Assigning them within
+    each step's rows would not do: a rank holds only its share of the step, and the share depends
+    on the number of ranks. TRL's KTO trainer also pairs over the dataset before shuffling
+    (``trl/trainer/kto_trainer.py``, ``add_kl_completion_ids`` mapped in chunks of the per-device
+    batch size, ``[c[-1]] + c[:-1]``); see `mismatched_responses` for which row lends its own.
     """
 
     name = "unpaired"
@@ -149,13 +153,13 @@ class UnpairedFormat(RowFormat):
         encoded = encode_prompt_response(tokenizer, row["prompt"], row["completion"], max_prompt_length, max_length)
         return {**encoded, "label": bool(row["label"])}
 
-    def prepare_step(self, rows: Sequence[Row]) -> list[Row]:
-        responses = [split_prompt(r["input_ids"], r["prompt_len"])[1] for r in rows]
-        return [{**row, "kl_response": responses[i - 1]} for i, row in enumerate(rows)]
+    def split_columns(self, split: Any) -> dict[str, list[Any]]:
+        return {"kl_response": mismatched_responses(split["input_ids"], split["prompt_len"])}
 
     def collate(self, rows: Sequence[Row], pad_id: int) -> UnpairedBatch:
-        if rows and "kl_response" not in rows[0]:  # collated alone: the rows are the whole step
-            rows = self.prepare_step(rows)
+        if rows and "kl_response" not in rows[0]:  # rows not from a split: they are their own split
+            kl = mismatched_responses([r["input_ids"] for r in rows], [r["prompt_len"] for r in rows])
+            rows = [{**row, "kl_response": response} for row, response in zip(rows, kl, strict=True)]
         split = [split_prompt(r["input_ids"], r["prompt_len"]) for r in rows]
         fields = responses_tensors([p for p, _ in split], [s for _, s in split], range(len(rows)), pad_id)
         kl_ids, kl_mask = pad([r["kl_response"] or [pad_id] for r in rows], pad_id)
@@ -164,6 +168,15 @@ class UnpairedFormat(RowFormat):
                 kl_mask[i] = 0
         desirable = torch.tensor([bool(r["label"]) for r in rows], dtype=torch.bool)
         return UnpairedBatch(**fields, desirable=desirable, kl_response_ids=kl_ids, kl_response_mask=kl_mask)
+
+
+def mismatched_responses(input_ids: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[int]]:
+    """For each of ``n`` encoded rows, the response of row ``(i + n // 2) mod n``: half the split
+    away, so that the two rows a preference pair is unpaired into (adjacent, one prompt) never
+    lend each other their response, as a shift by one would (TRL's ``unpair_preference_dataset``
+    puts a batch's chosen rows before its rejected ones instead). One row keeps its own."""
+    responses = [split_prompt(ids, n)[1] for ids, n in zip(input_ids, prompt_lens, strict=True)]
+    return [responses[(i + len(responses) // 2) % len(responses)] for i in range(len(responses))]
 
 
 def unpair(row: Row) -> list[Row]:

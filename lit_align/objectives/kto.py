@@ -14,7 +14,8 @@ averaged over the responses.
 z₀ here is one number per optimizer step: the module scores the step's mismatched pairs (every
 micro-batch, no gradient) before the gradient pass, and sums log π − log π_ref and the number of
 pairs over ranks (`AlignModule.step_inputs`), so ``kl_estimate`` is their mean over the step on
-all devices and the update does not depend on micro-batching or device count. TRL estimates it
+all devices; the pairs themselves are fixed over the training split (`lit_align.data.formats.
+UnpairedFormat`), so the update does not depend on micro-batching or device count. TRL estimates it
 per micro-batch (the mean over ranks of each rank's micro-batch mean); with one micro-batch per
 step and equal batches per rank the two are the same number.
 """

@@ -1,4 +1,4 @@
-"""SIGTERM / SIGINT during training: finish the step, write ``last.ckpt``, stop."""
+"""SIGTERM / SIGINT / SIGUSR1 during training: finish the step, write ``last.ckpt``, stop."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+# What a scheduler or a user sends to stop a run; each one saves, then exits 128 + its number.
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
 
 class Interrupted(Exception):
     """The run stopped on a signal after writing ``checkpoint``; `__main__` exits 128 + signum."""
@@ -22,7 +25,9 @@ class Interrupted(Exception):
 
 
 class SaveOnSignal(Checkpoint):
-    """Turns SIGTERM (preemption, ``scancel``, ``kill``) and SIGINT (Ctrl+C) into a checkpoint.
+    """Turns SIGTERM (preemption, ``scancel``, ``kill``), SIGINT (Ctrl+C) and SIGUSR1 (Slurm's
+    warning before a time limit or preemption, ``sbatch --signal=USR1@<seconds>``) into a
+    checkpoint.
 
     A signal only sets a flag. At the end of the training batch in progress (or the next one,
     if it came during validation or a rollout) — after the optimizer step and the step's other
@@ -35,7 +40,9 @@ class SaveOnSignal(Checkpoint):
 
     Under data parallelism the flag is reduced over ranks every step, so every rank saves and
     stops at the same step even when only one received the signal. Handlers are installed for
-    training only; evaluation before and after it keeps Python's defaults.
+    training only; evaluation before and after it keeps Python's defaults. During training they
+    replace Lightning's own SIGUSR1 handler (its Slurm auto-requeue, which saves a differently
+    named ``hpc_ckpt``): requeueing is the job script's, on exit code 138 (tools/slurm.sbatch).
 
     Args:
         dirpath: where to write ``last.ckpt`` (the model checkpoint's directory).
@@ -49,7 +56,7 @@ class SaveOnSignal(Checkpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received, self.saved = 0, None
-        self._previous = {s: signal.signal(s, self._notify) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {s: signal.signal(s, self._notify) for s in SIGNALS}
 
     def _notify(self, signum: int, frame: FrameType | None) -> None:
         if self.received:  # the second signal: give up on the checkpoint

@@ -38,8 +38,9 @@ class SaveOnSignal(Checkpoint):
     second signal restores the default handling and delivers the signal again: press Ctrl+C
     twice to quit at once.
 
-    Under data parallelism the flag is reduced over ranks every step, so every rank saves and
-    stops at the same step even when only one received the signal. Handlers are installed for
+    Under data parallelism the signal is reduced over ranks every step (the largest number), so
+    every rank saves, stops at the same step and exits with the same code even when only one
+    received it. Handlers are installed for
     training only; evaluation before and after it keeps Python's defaults. During training they
     replace Lightning's own SIGUSR1 handler (its Slurm auto-requeue, which saves a differently
     named ``hpc_ckpt``): requeueing is the job script's, on exit code 138 (tools/slurm.sbatch).
@@ -67,14 +68,16 @@ class SaveOnSignal(Checkpoint):
         rank_zero_info(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        flag = self.received > 0
-        if trainer.world_size > 1:  # one all-reduce of a scalar per step: every rank stops together
-            signal_count = torch.tensor(float(flag), device=trainer.strategy.root_device)
-            flag = bool(trainer.strategy.reduce(signal_count, reduce_op="sum") > 0)
-        if flag and self.saved is None:
+        signum = self.received
+        if trainer.world_size > 1:
+            # One all-reduce of a scalar per step: every rank stops together, and exits with the
+            # same code (a job script requeues on it, whichever rank's code it is handed).
+            received = torch.tensor(float(signum), device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(received, reduce_op="max").item())
+        if signum and self.saved is None:
             path = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(path, weights_only=False)  # explicit: else Lightning warns it defaulted
-            self.saved = Interrupted(self.received or signal.SIGTERM, trainer.global_step, path)
+            self.saved = Interrupted(signum, trainer.global_step, path)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.saved is not None:

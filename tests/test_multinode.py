@@ -22,12 +22,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL, losses_by_step
+from tests.conftest import PARALLEL_RUN, losses_by_step
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTED = pytest.mark.distributed
-BASE = [*FAST, *SMALL_MODEL, *SMALL_DATA, "trainer.max_steps=4", "trainer.val_check_interval=2",
-        "trainer.accelerator=cpu"]  # fmt: skip
+BASE = PARALLEL_RUN  # the one-process run's settings (the `one_process` fixture)
 RLOO = ["objective=rloo", "init=none", "rollout.num_prompts=4", "rollout.num_samples=4", "trainer.max_steps=2"]
 EVERY_2 = ["callbacks.model_checkpoint.every_n_train_steps=2"]
 
@@ -104,13 +103,6 @@ def _same_run(one: Path, two: Path, steps: int = 4) -> None:
         torch.testing.assert_close(weights_b[name], tensor, rtol=0, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("one")
-    _run(run_dir)
-    return run_dir
-
-
 @pytest.mark.parametrize("strategy", ["fsdp2", pytest.param("ddp", marks=DISTRIBUTED)])
 def test_two_nodes_train_the_one_process_run(one_process, tmp_path, strategy):
     """SFT on two "nodes" (Lightning's environment: the rank comes from ``NODE_RANK``, which
@@ -179,27 +171,28 @@ SLURM_NODE_1 = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID
                 "SLURM_NODEID": "1", "SLURM_JOB_NAME": "lit_align", "SLURM_JOB_ID": "7",
                 "SLURM_NODELIST": "node[0-1]"}  # fmt: skip
 
-SLURM_CHECK = """
-from lightning.pytorch import Trainer
-from lightning.fabric.plugins.environments import SLURMEnvironment
-from lit_align.ranks import launch_rank
-from lit_align.strategy import FSDP2Strategy
-trainer = Trainer(accelerator="cpu", devices=1, num_nodes=2, strategy=FSDP2Strategy(), logger=False)
-env = trainer.strategy.cluster_environment
-assert isinstance(env, SLURMEnvironment), env
-assert (env.world_size(), env.global_rank(), env.node_rank(), env.local_rank()) == (2, 1, 1, 0)
-assert launch_rank(devices=1) == 1 == trainer.global_rank
-print("ok")
-"""
 
-
-def test_slurm_is_detected_with_its_world_and_ranks(tmp_path):
+def test_slurm_is_detected_with_its_world_and_ranks(monkeypatch):
     """What ``srun`` sets for the second of two one-GPU tasks picks Lightning's SLURMEnvironment
     under `FSDP2Strategy`, with the world, node and rank `launch_rank` reads before it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
-    out = subprocess.run([sys.executable, "-c", SLURM_CHECK], cwd=tmp_path, env=env | SLURM_NODE_1,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from lit_align.ranks import launch_rank
+    from lit_align.strategy import FSDP2Strategy
+
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in SLURM_NODE_1.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)  # the trainer sets it: put it back
+    assert SLURMEnvironment.detect()
+    trainer = Trainer(accelerator="cpu", devices=1, num_nodes=2, strategy=FSDP2Strategy(), logger=False)
+    env = trainer.strategy.cluster_environment
+    assert isinstance(env, SLURMEnvironment)
+    assert (env.world_size(), env.global_rank(), env.node_rank(), env.local_rank()) == (2, 1, 1, 0)
+    assert launch_rank(devices=1) == 1 == trainer.global_rank
 
 
 @pytest.mark.parametrize(

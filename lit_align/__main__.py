@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -30,6 +33,7 @@ def main(cfg: DictConfig) -> float | None:
     """Runs `train`; returns ``optimized_metric`` (a key of the summary's final metrics) for a
     sweeper such as Optuna's, or None."""
     try:
+        _check_shared_run_dir(cfg)
         summary = train(cfg)
     except (ConfigError, MissingMandatoryValue, BadRow, DataError) as error:  # BadRow names the file and row
         sys.exit(f"lit_align: {error}")
@@ -60,6 +64,21 @@ def main(cfg: DictConfig) -> float | None:
     if metric not in summary["final"]:
         sys.exit(f"lit_align: optimized_metric={metric} is not a final metric of this run: {sorted(summary['final'])}")
     return summary["final"][metric]
+
+
+def _check_shared_run_dir(cfg: DictConfig) -> None:
+    """Under a launcher (torchrun, srun) or past one node, every process composes its own config,
+    and the default run directory is a timestamp: each node (even each process) would write its
+    own. (Lightning's own launcher passes its run directory to the processes it starts.)"""
+    launched = int(os.environ.get("WORLD_SIZE", 1)) > 1 or int(os.environ.get("SLURM_NTASKS", 1)) > 1
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.RUN or not (launched or cfg.trainer.get("num_nodes", 1) > 1):
+        return
+    if not any(override.startswith("hydra.run.dir=") for override in hydra.overrides.hydra):
+        raise ConfigError(
+            "several processes share this run: set hydra.run.dir to one folder, on a filesystem every node "
+            "shares (the default is a timestamp, which differs between processes)"
+        )
 
 
 def _raised_by_lit_align(error: BaseException) -> bool:

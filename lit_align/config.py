@@ -23,6 +23,7 @@ from lit_align.callbacks.best_of_n import BestOfN
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.errors import ConfigError
 from lit_align.schema import ABSENT, check_targets, check_type, locate_target
+from lit_align.strategy import FSDP2Strategy
 
 # (key, test, what the value must be). A key absent from the config is not checked.
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
@@ -174,7 +175,8 @@ def _check_strategy(trainer: DictConfig | dict[str, Any], generates: str | None,
     """Lightning refuses FSDP without a CUDA accelerator, but only once the trainer is built.
     FSDP1 gathers its root unit (embeddings, head) only inside the wrapped module's forward,
     which generation from a callback (``generates``: online sampling, best-of-N) is not. FSDP2's
-    mesh is ``trainer.devices`` wide, so that must be a number of processes on one node."""
+    mesh is ``trainer.devices × trainer.num_nodes`` wide, so both must be numbers, and a hybrid
+    mesh (replicated across nodes) needs more than one node."""
     strategy = trainer.get("strategy", "auto")
     located = None if isinstance(strategy, str) else locate_target(strategy)
     if isinstance(strategy, str):
@@ -195,18 +197,43 @@ def _check_strategy(trainer: DictConfig | dict[str, Any], generates: str | None,
             f"trainer.strategy={shown} (FSDP1) cannot generate outside a training step, as {generates} "
             "does: use strategy=fsdp2"
         )
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if not _count(nodes):
+        raise ConfigError(f"trainer.num_nodes is a number of machines, at least 1 (got {nodes!r})")
+    if nodes > 1 and not _count(devices):
+        # Each node's processes are counted from trainer.devices: every node starts as many.
+        raise ConfigError(
+            f"trainer.num_nodes={nodes} needs trainer.devices as the number of processes on each node (got {devices!r})"
+        )
+    hybrid = not isinstance(strategy, str) and bool(strategy.get("hybrid", False))
+    if hybrid and nodes == 1:
+        raise ConfigError(
+            "trainer.strategy.hybrid=true shards inside a node and replicates across nodes, but trainer.num_nodes=1: "
+            "drop hybrid (plain FSDP2 shards over the node)"
+        )
     if inspect.isclass(located) and issubclass(located, ModelParallelStrategy):
-        devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
-        if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1 or nodes != 1:
+        if not _count(devices):
             raise ConfigError(
-                f"strategy=fsdp2 shards over trainer.devices processes on one node: set trainer.devices to a "
-                f"number (got {devices!r}) and trainer.num_nodes=1 (got {nodes!r})"
+                f"strategy=fsdp2 shards over trainer.devices × trainer.num_nodes processes: set trainer.devices to "
+                f"a number (got {devices!r})"
             )
-        if num_prompts is not None and num_prompts % devices:
+        world = devices * nodes
+        size = strategy.get("data_parallel_size", "auto")
+        if not issubclass(located, FSDP2Strategy) and size not in ("auto", world):
+            raise ConfigError(
+                f"trainer.strategy.data_parallel_size={size} is not the world (trainer.devices × trainer.num_nodes = "
+                f"{world}): use strategy=fsdp2, which shards over every rank"
+            )
+        if num_prompts is not None and num_prompts % world:
             raise ConfigError(
                 f"strategy=fsdp2 needs as many prompts on every rank: rollout.num_prompts={num_prompts} does not "
-                f"split over trainer.devices={devices}"
+                f"split over trainer.devices × trainer.num_nodes = {world} processes"
             )
+
+
+def _count(value: Any) -> bool:
+    """Whether ``value`` is a count of processes or nodes: an int (not a bool) of at least 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _missing(node: Any, prefix: str = "") -> list[str]:

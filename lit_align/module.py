@@ -25,7 +25,7 @@ from lit_align.data.batch import Responses
 from lit_align.models.forward import eval_mode
 from lit_align.models.lora import is_lora
 from lit_align.models.response_forward import check_shared_prefix, response_logps, response_scores
-from lit_align.models.sharding import decoder_layers, shard
+from lit_align.models.sharding import configure_models
 from lit_align.models.value import ValueHead
 from lit_align.objectives.base import Objective, ObjectiveOutput
 from lit_align.objectives.reduce import masked_sum
@@ -114,42 +114,14 @@ class AlignModule(L.LightningModule):
         self._configured = False
 
     def configure_model(self) -> None:
-        """Memory and speed switches, then FSDP2 sharding under ModelParallelStrategy.
-
-        Lightning calls this on each ``fit``/``validate``/``test``; it acts once. Order matters:
-        checkpointing and compiling wrap each decoder layer's forward, and `fully_shard` then
-        makes those layers its units (torchtune and torchtitan order them the same way).
-        """
+        """Memory and speed switches, then FSDP2 sharding under ModelParallelStrategy
+        (`configure_models`). Lightning calls this on each ``fit``/``validate``/``test``; it
+        acts once."""
         if self._configured:
             return
         self._configured = True
-        if self.gradient_checkpointing:
-            # Non-reentrant: works with frozen inputs (LoRA's frozen embeddings) and with FSDP2.
-            kwargs = {"use_reentrant": False}
-            if hasattr(self.policy, "activation_checkpointing_enable"):  # its name from transformers 5.x on
-                self.policy.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        if self.compile_layers:
-            # Each decoder layer, in place (parameter names unchanged): one graph reused by every
-            # layer, dynamic in batch and length; generation's cached steps compile once more.
-            for layer in decoder_layers(self.policy):
-                layer.compile(dynamic=True)
-        mesh = self._device_mesh  # set by ModelParallelStrategy only
-        if mesh is None:
-            return
-        if mesh["tensor_parallel"].size() > 1:
-            raise ValueError(
-                "strategy=fsdp2 shards over data parallelism only: set trainer.strategy.tensor_parallel_size=1"
-            )
-        mesh = mesh["data_parallel"]
-        for model in (self.policy, self.reference, self.critic and self.critic.trunk):
-            if model is not None:
-                shard(model, mesh)
-        if self.critic is not None:  # its head (and trunk root): every trained weight must be sharded
-            from torch.distributed.fsdp import fully_shard
-
-            fully_shard(self.critic, mesh=mesh)
+        configure_models(self.policy, self.reference, self.critic, self._device_mesh,
+                         self.gradient_checkpointing, self.compile_layers)  # fmt: skip
 
     # -- training -----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint import FileSystemReader
 
 from lit_align.errors import ConfigError
+from lit_align.ranks import launch_rank
 
 # Settings that decide nothing a resumed run computes: where things go, what is shown and
 # logged, how often checkpoints are written, whether the start is evaluated. Any other change
@@ -185,10 +186,13 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def config_subdir(run_dir: str) -> str:
+def config_subdir(run_dir: str) -> str | None:
     """Hydra's ``output_subdir`` for a run in ``run_dir``: ``.hydra`` for its first process,
     ``.hydra/resume-<n>`` for each later one (a resume), so the config the run was started with
-    is never overwritten by the command line that resumed it."""
+    is never overwritten by the command line that resumed it; None (nothing written) on every
+    rank but 0 when a launcher (torchrun, srun) starts the processes, which share the folder."""
+    if launch_rank() != 0:
+        return None
     base = Path(run_dir) / ".hydra"
     if not (base / "config.yaml").exists():
         return ".hydra"

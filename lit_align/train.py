@@ -34,6 +34,7 @@ from lit_align.loggers import finish, quiet_lightning
 from lit_align.models.export import export_model
 from lit_align.models.response_forward import Unsupported, check_shared_prefix
 from lit_align.module import AlignModule, NonFiniteStop, sequence_logps
+from lit_align.ranks import set_launch_rank
 from lit_align.resume import (
     RunRecord,
     check_same_settings,
@@ -54,6 +55,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     validate(cfg)
+    # Rank 0 is the world's (node 0's first process), not each node's: past one node the run
+    # directory and init.cache_dir are on a shared filesystem, which only rank 0 writes.
+    set_launch_rank(cfg.trainer.get("devices", 1))
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # One process per run directory; the ranks of a data-parallel run share it (rank 0 locks).
@@ -255,7 +259,8 @@ def _sft_start(cfg: DictConfig) -> dict[str, Any]:
         console.print(f"init: stage 1, SFT for {stage.trainer.max_steps} steps into {out_dir}")
         summary, reused = train(stage), False
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # rank 0 writes the model the other ranks are about to load
+        # Rank 0 (of the world) writes the model the other ranks, on any node, are about to load.
+        torch.distributed.barrier()
     return {"stage": "sft", "model": str(out_dir / "model"), "reused": reused, "final": summary["final"]}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 
 # No test touches the network: huggingface_hub reads these once, at import, so set them first.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -52,6 +54,23 @@ def make_cfg(out_dir: Path, *overrides: str, fast: bool = True) -> DictConfig:
         quick += [] if any(o.startswith("data=") for o in overrides) else SMALL_DATA
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=[*quick, f"paths.output_dir={out_dir}", *overrides])
+
+
+# The run every data-parallel test (tests/test_distributed.py, tests/test_multinode.py) must
+# equal on more processes: 4 SFT steps on one CPU process, validated at step 2.
+PARALLEL_RUN = [*FAST, *SMALL_MODEL, *SMALL_DATA, "trainer.max_steps=4", "trainer.val_check_interval=2",
+                "trainer.accelerator=cpu"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def one_process(tmp_path_factory) -> Path:
+    """`PARALLEL_RUN`'s run directory, run once per session for every test that compares with it."""
+    run_dir = tmp_path_factory.mktemp("one")
+    command = [sys.executable, "-m", "lit_align", *PARALLEL_RUN, f"hydra.run.dir={run_dir}"]
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir
 
 
 @pytest.fixture(scope="session")

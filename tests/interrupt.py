@@ -12,13 +12,14 @@ import lightning as L
 
 class SignalAt(L.Callback):
     """Sends ``signum`` (SIGKILL by default) to this process once optimizer step ``step`` is
-    done, before the step's checkpoint callbacks run (Lightning runs those last)."""
+    done, before the step's checkpoint callbacks run (Lightning runs those last); with ``rank``,
+    on that global rank only (one node of a multi-node run)."""
 
-    def __init__(self, step: int, signum: str = "SIGKILL") -> None:
-        self.step, self.signum = step, signal.Signals[signum]
+    def __init__(self, step: int, signum: str = "SIGKILL", rank: int | None = None) -> None:
+        self.step, self.signum, self.rank = step, signal.Signals[signum], rank
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signum)
 
 

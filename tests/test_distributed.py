@@ -46,13 +46,6 @@ def _same_run(one: Path, two: Path) -> None:
     assert AutoModelForCausalLM.from_pretrained(two / "model").config.model_type == "llama"
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("one")
-    _run(run_dir)
-    return run_dir
-
-
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_one_process_and_two_processes_train_the_same_run(one_process, tmp_path, strategy):
     _two(tmp_path, strategy)

@@ -100,9 +100,23 @@ REFUSED = [
      "trainer.strategy=FSDPStrategy (FSDP1) cannot generate outside a training step, as callbacks.best_of_n "
      "(best-of-N) does: use strategy=fsdp2"),
     (["strategy=fsdp2", "trainer.devices=auto"],
-     "strategy=fsdp2 shards over trainer.devices processes on one node: set trainer.devices to a number (got 'auto')"),
+     "strategy=fsdp2 shards over trainer.devices × trainer.num_nodes processes: set trainer.devices to a number "
+     "(got 'auto')"),
     (["strategy=fsdp2", "trainer.devices=2", "objective=rloo", "init=none", "rollout.num_prompts=5"],
-     "strategy=fsdp2 needs as many prompts on every rank: rollout.num_prompts=5 does not split over trainer.devices=2"),
+     "strategy=fsdp2 needs as many prompts on every rank: rollout.num_prompts=5 does not split over "
+     "trainer.devices × trainer.num_nodes = 2 processes"),
+    (["strategy=fsdp2", "trainer.devices=1", "trainer.num_nodes=4", "objective=rloo", "init=none",
+      "rollout.num_prompts=6"],
+     "strategy=fsdp2 needs as many prompts on every rank: rollout.num_prompts=6 does not split over "
+     "trainer.devices × trainer.num_nodes = 4 processes"),
+    (["strategy=fsdp2", "trainer.devices=2", "trainer.strategy.hybrid=true"],
+     "trainer.strategy.hybrid=true shards inside a node and replicates across nodes, but trainer.num_nodes=1"),
+    (["strategy=ddp", "trainer.devices=auto", "trainer.num_nodes=2"],
+     "trainer.num_nodes=2 needs trainer.devices as the number of processes on each node (got 'auto')"),
+    (["trainer.num_nodes=0"], "trainer.num_nodes is a number of machines, at least 1 (got 0)"),
+    (["trainer.strategy={_target_:lightning.pytorch.strategies.ModelParallelStrategy,data_parallel_size:2,"
+      "tensor_parallel_size:1}", "trainer.devices=2", "trainer.num_nodes=2"],
+     "trainer.strategy.data_parallel_size=2 is not the world (trainer.devices × trainer.num_nodes = 4)"),
 ]  # fmt: skip
 
 

@@ -1,5 +1,6 @@
-"""SIGTERM / SIGINT during training: finish the step, write ``last.ckpt``, stop. Outside
-training (the evaluations before and after it): stop at once with one line and exit 128 + signum."""
+"""SIGTERM / SIGINT / SIGUSR1 during training: finish the step, write ``last.ckpt``, stop.
+Outside training (the evaluations before and after it): stop at once with one line and exit
+128 + signum."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info
+
+# What a scheduler or a user sends to stop a run; each one saves, then exits 128 + its number.
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class Interrupted(Exception):
@@ -34,7 +38,8 @@ class StoppedOutside(Exception):
 
 @contextmanager
 def stop_on_signal(stage: str, after: str) -> Iterator[None]:
-    """SIGINT / SIGTERM inside the block raise `StoppedOutside` (``after`` says what is kept).
+    """SIGINT / SIGTERM / SIGUSR1 inside the block raise `StoppedOutside` (``after`` says what
+    is kept).
 
     Lightning turns a KeyboardInterrupt inside ``validate``/``test`` into its own message and
     exit status 1, which a scheduler or a shell reads as a crash; an exception of ours passes
@@ -44,7 +49,7 @@ def stop_on_signal(stage: str, after: str) -> Iterator[None]:
     def stop(signum: int, frame: FrameType | None) -> None:
         raise StoppedOutside(signum, stage, after)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, stop) for s in SIGNALS}
     try:
         yield
     finally:
@@ -53,7 +58,9 @@ def stop_on_signal(stage: str, after: str) -> Iterator[None]:
 
 
 class SaveOnSignal(Checkpoint):
-    """Turns SIGTERM (preemption, ``scancel``, ``kill``) and SIGINT (Ctrl+C) into a checkpoint.
+    """Turns SIGTERM (preemption, ``scancel``, ``kill``), SIGINT (Ctrl+C) and SIGUSR1 (Slurm's
+    warning before a time limit or preemption, ``sbatch --signal=USR1@<seconds>``) into a
+    checkpoint.
 
     A signal only sets a flag. At the end of the training batch in progress (or the next one,
     if it came during validation or a rollout) — after the optimizer step and the step's other
@@ -64,9 +71,12 @@ class SaveOnSignal(Checkpoint):
     second signal restores the default handling and delivers the signal again: press Ctrl+C
     twice to quit at once.
 
-    Under data parallelism the flag is reduced over ranks every step, so every rank saves and
-    stops at the same step even when only one received the signal. Handlers are installed for
-    training only; the evaluations before and after it stop at once (`stop_on_signal`).
+    Under data parallelism the signal is reduced over ranks every step (the largest number), so
+    every rank saves, stops at the same step and exits with the same code even when only one
+    received it. Handlers are installed for training only; the evaluations before and after it
+    stop at once (`stop_on_signal`). During training they replace Lightning's own SIGUSR1
+    handler (its Slurm auto-requeue, which saves a differently named ``hpc_ckpt``): requeueing
+    is the job script's, on exit code 138 (tools/slurm.sbatch).
 
     Args:
         dirpath: where to write ``last.ckpt`` (the model checkpoint's directory).
@@ -80,7 +90,7 @@ class SaveOnSignal(Checkpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received, self.saved = 0, None
-        self._previous = {s: signal.signal(s, self._notify) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {s: signal.signal(s, self._notify) for s in SIGNALS}
 
     def _notify(self, signum: int, frame: FrameType | None) -> None:
         if self.received:  # the second signal: give up on the checkpoint
@@ -91,14 +101,16 @@ class SaveOnSignal(Checkpoint):
         rank_zero_info(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        flag = self.received > 0
-        if trainer.world_size > 1:  # one all-reduce of a scalar per step: every rank stops together
-            signal_count = torch.tensor(float(flag), device=trainer.strategy.root_device)
-            flag = bool(trainer.strategy.reduce(signal_count, reduce_op="sum") > 0)
-        if flag and self.saved is None:
+        signum = self.received
+        if trainer.world_size > 1:
+            # One all-reduce of a scalar per step: every rank stops together, and exits with the
+            # same code (a job script requeues on it, whichever rank's code it is handed).
+            received = torch.tensor(float(signum), device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(received, reduce_op="max").item())
+        if signum and self.saved is None:
             path = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(path, weights_only=False)  # explicit: else Lightning warns it defaulted
-            self.saved = Interrupted(self.received or signal.SIGTERM, trainer.global_step, path)
+            self.saved = Interrupted(signum, trainer.global_step, path)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.saved is not None:

@@ -1,17 +1,18 @@
 """FSDP2 for `strategy=fsdp2`: `fully_shard` on each decoder layer, then on the whole model
 (and the wrap policy of `strategy=fsdp`, FSDP1).
 
-Lightning's ModelParallelStrategy leaves the parallelisation to the module's ``configure_model``
-(`AlignModule.configure_model` calls `shard`); this module holds the model-side half: which
-submodules are sharded units, how a sharded model generates, and how its full weights come back
-for export. Any transformers decoder works: its layer classes are named by the model's own
-``_no_split_modules`` (what transformers keeps on one device when it splits a model), so no
-per-architecture list is kept here.
+Lightning's ModelParallelStrategy (lit_align's `FSDP2Strategy`) leaves the parallelisation to the
+module's ``configure_model``, which calls `configure_models`; this module holds the model-side
+half: the memory and speed switches, which submodules are sharded units, how a sharded model
+generates, and how its full weights come back for export. Any transformers decoder works: its
+layer classes are named by the model's own ``_no_split_modules`` (what transformers keeps on one
+device when it splits a model), so no per-architecture list is kept here.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,6 +21,11 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecisionPolicy, fully_shard
 from torch.distributed.fsdp.wrap import CustomPolicy
 from torch.distributed.tensor import DTensor
+
+from lit_align.strategy import HYBRID_DIMS
+
+if TYPE_CHECKING:
+    from lit_align.models.value import ValueHead
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -44,6 +50,45 @@ def shard(model: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | 
     for layer in reversed(decoder_layers(model)):  # innermost first, should layer classes nest
         fully_shard(layer, mesh=mesh, **policy)
     fully_shard(model, mesh=mesh, **policy)
+
+
+def configure_models(policy: nn.Module, reference: nn.Module | None, critic: ValueHead | None,
+                     mesh: DeviceMesh | None, gradient_checkpointing: bool = False,
+                     compile_layers: bool = False) -> None:  # fmt: skip
+    """Activation checkpointing and compiling of the policy's layers, then FSDP2 sharding of the
+    policy, the reference and the critic over ``mesh`` (Lightning's ``(data_parallel,
+    tensor_parallel)`` mesh, or `FSDP2Strategy`'s ``(replicate, shard)`` one for HSDP; None:
+    no sharding). In place; call once.
+
+    Order matters: checkpointing and compiling wrap each decoder layer's forward, and
+    `fully_shard` then makes those layers its units (torchtune and torchtitan order them the
+    same way).
+    """
+    if gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA's frozen embeddings) and with FSDP2.
+        kwargs = {"use_reentrant": False}
+        if hasattr(policy, "activation_checkpointing_enable"):  # its name from transformers 5.x on
+            policy.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if compile_layers:
+        # Each decoder layer, in place (parameter names unchanged): one graph reused by every
+        # layer, dynamic in batch and length; generation's cached steps compile once more.
+        for layer in decoder_layers(policy):
+            layer.compile(dynamic=True)
+    if mesh is None:
+        return
+    if mesh.mesh_dim_names != HYBRID_DIMS:  # HSDP's 2-D mesh is FSDP2's to read as it is
+        if mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                "strategy=fsdp2 shards over data parallelism only: set trainer.strategy.tensor_parallel_size=1"
+            )
+        mesh = mesh["data_parallel"]
+    for model in (policy, reference, critic and critic.trunk):
+        if model is not None:
+            shard(model, mesh)
+    if critic is not None:  # its head (and trunk root): every trained weight must be sharded
+        fully_shard(critic, mesh=mesh)
 
 
 def is_sharded(model: nn.Module) -> bool:

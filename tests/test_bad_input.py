@@ -274,7 +274,7 @@ def test_the_cli_reports_a_bad_row_in_one_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "lit_align", "objective=dpo", "init=none", "data=preference", f"data.source={source}",
          "data.num_val=1", "data.num_test=1", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
@@ -363,7 +363,7 @@ def test_the_cli_reports_an_empty_or_missing_data_file_in_one_line(tmp_path):
         out = subprocess.run(
             [sys.executable, "-m", "lit_align", "objective=dpo", "data=preference", f"data.source={source}",
              f"hydra.run.dir={tmp_path / 'run'}", "eval.before_train=false"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert out.stderr.strip().splitlines()[-1] == last

@@ -104,7 +104,7 @@ def test_defaults_are_valid(tmp_path):
     validate(make_cfg(tmp_path, fast=False))
 
 
-def _cli(*args, timeout=120):
+def _cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "lit_align", *args], capture_output=True, text=True, timeout=timeout)
 
 

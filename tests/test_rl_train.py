@@ -133,7 +133,7 @@ def test_policy_gradient_needs_online_rollouts(tmp_path):
     with pytest.raises(InstantiationException, match=r"kl\.placement must be reward"):
         train(make_cfg(tmp_path / "c", "objective=ppo", "init=none", "objective.kl.placement=loss"))
     args = ["objective=ppo", "init=none", "objective.kl.placement=loss", f"hydra.run.dir={tmp_path / 'd'}"]
-    out = subprocess.run([sys.executable, "-m", "lit_align", *args], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "lit_align", *args], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1  # from the command line: one line, no traceback
     message = "PPO puts the KL penalty in the per-token reward: kl.placement must be reward"
     assert out.stderr.strip() == f"lit_align: {message}"

@@ -34,7 +34,7 @@ def test_two_by_two_multirun_and_its_report(tmp_path):
     assert runs == ["0", "1", "2", "3"]  # each run in its own directory of the sweep
     assert yaml.safe_load((tmp_path / "0/hparams.yaml").read_text())["objective"]["_target_"].endswith("SFT")
     out = subprocess.run([sys.executable, "tools/report.py", str(tmp_path)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+                         text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr
     rows = out.stdout.splitlines()[2:]
     assert [row.split(" | ")[:2] for row in rows] == [["| `objective=sft`", "0,1"], ["| `objective=dpo`", "0,1"]]

@@ -46,6 +46,11 @@ class Objective(nn.Module):
     # T)`` from the module's critic, and ``entropy`` ``(responses, T)`` of each response token's
     # distribution.
     needs_values: bool = False
+    # With ``needs_values``, how the module builds the critic (`lit_align.models.value.ValueHead`):
+    # "shared", a value head on the policy's trunk, or "separate", a head on a copy of the trunk;
+    # and its learning rate as a multiple of the policy's (its head starts from scratch).
+    critic: str = "shared"
+    critic_lr_scale: float = 1.0
     needs_entropy: bool = False
     # Whether the entropy needs a gradient (an entropy bonus); without one it is computed under
     # no_grad, so logging it does not keep a float32 (batch, seq, vocab) tensor for backward.

@@ -29,8 +29,9 @@ from lit_align.config import validate
 from lit_align.errors import ConfigError
 from lit_align.loggers import finish, quiet_lightning
 from lit_align.models.export import export_model
+from lit_align.models.reference import sequence_logps
 from lit_align.models.response_forward import Unsupported, check_shared_prefix
-from lit_align.module import AlignModule, NonFiniteStop, sequence_logps
+from lit_align.module import AlignModule
 from lit_align.pipeline import sft_start
 from lit_align.resume import (
     RunRecord,
@@ -41,6 +42,7 @@ from lit_align.resume import (
     resolved,
 )
 from lit_align.runlock import run_lock
+from lit_align.step import NonFiniteStop
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

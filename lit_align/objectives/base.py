@@ -57,7 +57,7 @@ class Objective(nn.Module):
     entropy_grad: bool = False
     # Whether ``forward`` reads ``kl_estimate``: the mean over the optimizer step's mismatched
     # prompt/response pairs (all micro-batches and ranks) of log π − log π_ref, from a no-grad
-    # pass before the step's gradient pass (KTO's reference point; `AlignModule.step_inputs`).
+    # pass before the step's gradient pass (KTO's reference point; `lit_align.step.step_inputs`).
     needs_kl_pairs: bool = False
 
     @property

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_align.checkpointing import write_text_atomic
-from lit_align.config import validate
+from lit_align.config import is_online, validate
 from lit_align.errors import ConfigError
 from lit_align.loggers import finish, quiet_lightning
 from lit_align.models.export import export_model
@@ -124,9 +124,7 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
     callbacks = _instantiate_each(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the configured bar
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    # `rollout=none` with an objective that sets rollout keys leaves a node without a _target_.
-    online = bool(cfg.get("rollout")) and "_target_" in cfg.rollout
-    if online:  # online sampling: the training rows come from the policy, scored by the reward
+    if is_online(cfg):  # online sampling: the training rows come from the policy, scored by the reward
         callbacks.append(instantiate(cfg.rollout, reward=instantiate(cfg.reward)))
     run_record = RunRecord(config, record.get("start", {}))
     callbacks.append(run_record)

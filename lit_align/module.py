@@ -83,7 +83,8 @@ class AlignModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.grad_clip = grad_clip
         self.max_new_tokens = max_new_tokens
-        self.scorers, self.held_out = held_out_scorers(verifier, eval_metrics)  # (see `lit_align.evaluation`)
+        # The held-out scorers by metric name, and their means per stage: held_out[stage][name].
+        self.scorers, self.held_out = held_out_scorers(verifier, eval_metrics)
         self.max_bad_steps = max_bad_steps
         self.skipped_steps = 0  # steps whose loss or gradient was not finite, over the run
         self.bad_in_a_row = 0

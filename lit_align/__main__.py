@@ -18,8 +18,8 @@ from lit_align.callbacks.preemption import Interrupted, StoppedOutside
 from lit_align.checkpointing import WriteFailed
 from lit_align.data.rows import BadRow, DataError
 from lit_align.errors import ConfigError
-from lit_align.module import NonFiniteStop
 from lit_align.resume import config_subdir
+from lit_align.step import NonFiniteStop
 from lit_align.train import train
 
 # conf/ sits beside the package in a checkout and inside it in a wheel (see pyproject.toml).

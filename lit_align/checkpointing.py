@@ -9,6 +9,8 @@ writes beside the target, syncs, and renames: on one filesystem, a rename is ato
 Lightning does not save the RNG streams either; `rng_states` / `set_rng_states` do (in a form
 ``torch.load(weights_only=True)`` accepts), so that a resumed run draws what the uninterrupted
 one would have. `require_finite` refuses to write weights that are NaN or infinite.
+`save_module_state` / `load_module_state` are what `AlignModule` adds to and takes from a
+checkpoint: its counters, the RNG streams, and no second copy of the frozen reference.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch import LightningModule
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import FSDPStrategy
 
 
 class WriteFailed(OSError):
@@ -108,3 +112,41 @@ def require_finite(module: torch.nn.Module, what: str) -> None:
     bad = [name for name, p in local if not torch.isfinite(p.detach()).all()]
     if bad:
         raise FloatingPointError(f"refusing to write a {what}: {len(bad)} parameters are not finite, e.g. {bad[0]}")
+
+
+def save_module_state(module: LightningModule, checkpoint: dict[str, Any]) -> None:
+    """`AlignModule.on_save_checkpoint`: refuses non-finite weights, leaves the reference out
+    and adds the step counters and the RNG streams."""
+    require_finite(module, "checkpoint")
+    # The reference is a frozen copy of the starting policy: storing it again is waste. A
+    # sharded checkpoint keeps it: Lightning loads those into the whole module, strictly.
+    if not sharded_checkpoints(module):
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")
+        }  # fmt: skip
+    checkpoint["skipped_steps"] = (module.skipped_steps, module.bad_in_a_row)
+    checkpoint["train_tokens"] = (module.train_tokens, module.train_seconds)
+    # Lightning keeps no RNG state; a resumed run must draw what this one would (dropout…).
+    checkpoint["rng_states"] = rng_states()
+    for logger in module.trainer.loggers:  # the metrics up to the checkpoint reach the disk too
+        logger.save()
+
+
+def load_module_state(module: LightningModule, checkpoint: dict[str, Any]) -> None:
+    """`AlignModule.on_load_checkpoint`: restores what `save_module_state` added and refills the
+    reference's keys, so that Lightning's loading stays strict."""
+    module.skipped_steps, module.bad_in_a_row = checkpoint.get("skipped_steps", (0, 0))
+    module.train_tokens, module.train_seconds = checkpoint.get("train_tokens", (0, 0.0))
+    if "rng_states" in checkpoint:
+        set_rng_states(checkpoint["rng_states"])
+    if module.reference is not None and not sharded_checkpoints(module):
+        ref = {f"reference.{k}": v for k, v in module.reference.state_dict().items()}
+        checkpoint["state_dict"].update(ref)
+
+
+def sharded_checkpoints(module: LightningModule) -> bool:
+    """Whether checkpoints are per-rank shards, which Lightning loads into the whole module
+    before `on_load_checkpoint` (FSDP2; FSDP1 with ``state_dict_type: sharded``)."""
+    strategy = module._trainer.strategy if module._trainer is not None else None
+    fsdp1 = isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "sharded"
+    return module._device_mesh is not None or fsdp1

@@ -20,18 +20,16 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from lit_align.callbacks.best_of_n import BestOfN
-from lit_align.data.datamodule import AlignDataModule
+from lit_align.callbacks.online_sampling import check_sampling
+from lit_align.data.datamodule import AlignDataModule, check_sizes
 from lit_align.errors import ConfigError
-from lit_align.schema import ABSENT, check_targets, check_type, locate_target
+from lit_align.schema import ABSENT, check_targets, check_type, holds, locate_target
 from lit_align.strategy import FSDP2Strategy
 
-# (key, test, what the value must be). A key absent from the config is not checked.
+# (key, test, what the value must be). A key absent from the config is not checked. The data
+# module's sizes are its own `check_sizes`.
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("optimizer.lr", lambda v: v > 0, "> 0"),
-    ("data.batch_size", lambda v: v >= 1, ">= 1"),
-    ("data.micro_batch_size", lambda v: v is None or v >= 1, ">= 1 or null"),
-    ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
-    ("data.max_prompt_length", lambda v: v >= 1, ">= 1"),
     ("sft_steps", lambda v: v >= 1, ">= 1"),
     ("trainer.max_steps", lambda v: v == -1 or v >= 1, ">= 1 (or -1 to train by epochs)"),
     ("grad_clip", lambda v: v is None or v >= 0, ">= 0 or null"),
@@ -69,18 +67,20 @@ def validate(cfg: DictConfig) -> None:
     check_targets(cfg)
     for key, ok, expected in _RULES:
         value = OmegaConf.select(cfg, key, default=ABSENT)
-        if value is not ABSENT and not _holds(ok, value):
+        if value is not ABSENT and not holds(ok, value):
             raise ConfigError(f"{key} must be {expected}, got {value!r}")
-    data = cfg.get("data") or {}
-    if "max_length" in data and "max_prompt_length" in data and data.max_length <= data.max_prompt_length:
-        raise ConfigError(
-            f"data.max_length={data.max_length} must exceed data.max_prompt_length="
-            f"{data.max_prompt_length} (the prompt budget), or no response token fits"
-        )
+    check_sizes(cfg.get("data") or {})  # the data module's own check, before it is built
     _check_combinations(cfg)
 
 
 # -- combinations -------------------------------------------------------------------------------
+
+
+def is_online(cfg: DictConfig) -> bool:
+    """Whether the run samples its training rows from the policy (``rollout=online``).
+    `rollout=none` with an objective that sets rollout keys leaves a node without a _target_."""
+    rollout = cfg.get("rollout")
+    return isinstance(rollout, DictConfig) and "_target_" in rollout
 
 
 def _check_combinations(cfg: DictConfig) -> None:
@@ -90,22 +90,11 @@ def _check_combinations(cfg: DictConfig) -> None:
     # The objective class's row format (its `batch_format` is a property of instances).
     batch_format = getattr(getattr(objective, "row_format", None), "name", None)
     scores = getattr(objective, "inputs", None) == "scores"  # a reward model: a score head, no generation
-    # `rollout=none` with an objective that sets rollout keys leaves a node without a _target_.
-    rollout = cfg.get("rollout")
-    online = isinstance(rollout, DictConfig) and "_target_" in rollout
-    if (cfg.get("objective") or {}).get("precompute_ref") and online:
-        raise ConfigError(
-            "objective.precompute_ref=true scores fixed pairs once before training, but rollout=online "
-            "makes new pairs from the policy: set objective.precompute_ref=false (a reference model is kept)"
-        )
-    if batch_format == "unpaired" and online:
-        # Online sampling makes pairs, groups, SFT rows or rollouts from rewards; a thumbs-up or
-        # down per response is not among them, and `rows_from_samples` would fail only after the
-        # SFT stage and the first generation.
-        raise ConfigError(
-            f"{name} learns from labelled single responses in the data (data=unpaired, or pairs unpaired), "
-            "which online sampling does not make: set rollout=none (simpo, orpo and dpo take online pairs)"
-        )
+    rollout, online = cfg.get("rollout"), is_online(cfg)
+    if online:  # what `OnlineSampling.setup` refuses, here before the SFT stage
+        check_sampling(name, batch_format, bool((cfg.get("objective") or {}).get("precompute_ref")),
+                       rollout.get("every_n_epochs"), rollout.get("temperature", 1.0), rollout.get("top_p", 1.0),
+                       rollout.get("top_k", 0))  # fmt: skip
     if batch_format == "rollout" and not online:
         raise ConfigError(f"{name} trains on rollouts from online sampling: keep rollout=online")
     head = OmegaConf.select(cfg, "model.policy.head", default=None)
@@ -158,17 +147,6 @@ def _check_online(cfg: DictConfig, rollout: DictConfig, name: str, batch_format:
             f"{name} learns from {batch_format} of a prompt's samples: set rollout.num_samples >= 2 (got {k}), "
             "or rollout.include_reference=true"
         )
-    if batch_format == "rollout":  # what `OnlineSampling.setup` refuses, here before the SFT stage
-        if not rollout.get("every_n_epochs"):
-            raise ConfigError(
-                f"{name} learns on-policy: set rollout.every_n_epochs (update epochs per rollout), "
-                "or the first rollout would serve the whole run"
-            )
-        if rollout.get("temperature", 1.0) != 1 or rollout.get("top_p", 1.0) < 1 or rollout.get("top_k", 0) > 0:
-            raise ConfigError(
-                f"{name} needs samples from the policy itself: set rollout.temperature=1, rollout.top_p=1, "
-                "rollout.top_k=0"
-            )
 
 
 def _check_strategy(trainer: DictConfig | dict[str, Any], generates: str | None, num_prompts: int | None) -> None:
@@ -243,10 +221,3 @@ def _missing(node: Any, prefix: str = "") -> list[str]:
     if isinstance(node, list):
         return [key for i, v in enumerate(node) for key in _missing(v, f"{prefix}{i}.")]
     return [prefix.rstrip(".")] if node == "???" else []
-
-
-def _holds(ok: Callable[[Any], bool], value: Any) -> bool:
-    try:
-        return bool(ok(value))
-    except TypeError:  # a string where a number belongs
-        return False

@@ -194,6 +194,15 @@ def check_type(node: DictConfig, key: str, hint: Any, default: Any = ABSENT, dot
         raise ConfigError(f"{dotted or key} must be {_describe(hint)}, got {value!r}")
 
 
+def holds(ok: Callable[[Any], bool], value: Any) -> bool:
+    """Whether ``value`` passes the range test ``ok``; false where it cannot be compared (a
+    string where a number belongs)."""
+    try:
+        return bool(ok(value))
+    except TypeError:
+        return False
+
+
 _SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence)
 _MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 

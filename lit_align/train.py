@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import resource
@@ -11,7 +10,6 @@ import time
 import warnings
 from contextlib import nullcontext
 from functools import partial
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +20,20 @@ import transformers
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from lit_align.callbacks.preemption import stop_on_signal
 from lit_align.checkpointing import write_text_atomic
-from lit_align.config import validate
+from lit_align.config import is_online, validate
 from lit_align.errors import ConfigError
 from lit_align.loggers import finish, quiet_lightning
 from lit_align.models.export import export_model
+from lit_align.models.reference import sequence_logps
 from lit_align.models.response_forward import Unsupported, check_shared_prefix
-from lit_align.module import AlignModule, NonFiniteStop, sequence_logps
+from lit_align.module import AlignModule
+from lit_align.pipeline import sft_start
 from lit_align.ranks import set_launch_rank
 from lit_align.resume import (
     RunRecord,
@@ -44,6 +44,7 @@ from lit_align.resume import (
     resolved,
 )
 from lit_align.runlock import run_lock
+from lit_align.step import NonFiniteStop
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
         del checkpoint
     init = None
     if cfg.get("init") and not cfg.model.get("name_or_path"):
-        init = _sft_start(cfg)
+        init = sft_start(cfg, train)
         cfg = copy.deepcopy(cfg)
         cfg.model.name_or_path = init["model"]
     datasets.disable_progress_bars()  # the trainer's progress bar is the run's one display
@@ -128,9 +129,7 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
     callbacks = _instantiate_each(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the configured bar
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    # `rollout=none` with an objective that sets rollout keys leaves a node without a _target_.
-    online = bool(cfg.get("rollout")) and "_target_" in cfg.rollout
-    if online:  # online sampling: the training rows come from the policy, scored by the reward
+    if is_online(cfg):  # online sampling: the training rows come from the policy, scored by the reward
         callbacks.append(instantiate(cfg.rollout, reward=instantiate(cfg.reward)))
     run_record = RunRecord(config, record.get("start", {}))
     callbacks.append(run_record)
@@ -214,54 +213,6 @@ def _finished(checkpoint: dict[str, Any], cfg: DictConfig, out_dir: Path) -> dic
     if rank_zero_only.rank == 0:
         print(f"lit_align: the run in {out_dir} finished at step {step} (summary.json, model/); nothing to do")
     return summary
-
-
-def _sft_start(cfg: DictConfig) -> dict[str, Any]:
-    """Stage 1 of a pipeline (``init=sft``): fine-tunes the configured model with SFT on the
-    configured data, or reuses the result of an earlier run with the same settings.
-
-    The stage is this run's config with ``init``'s objective, steps, learning rate and batch
-    size, and without online sampling or lit_align's own callbacks (but ``save_on_signal``); for
-    the default model and data it is exactly the default SFT run. Its run directory is
-    ``init.cache_dir/sft-<hash>``, the hash taken over everything that decides its weights; a
-    directory with a ``summary.json`` is complete and reused, one with only a checkpoint (an
-    interrupted stage) resumes from it.
-    """
-    if "name_or_path" not in cfg.model:
-        raise ConfigError("init=sft needs a model config with a name_or_path key to load the SFT model from")
-    stage = copy.deepcopy(cfg)
-    with open_dict(stage):
-        stage.objective = cfg.init.objective
-        stage.trainer.max_steps = cfg.init.max_steps
-        stage.optimizer.lr = cfg.init.lr
-        stage.data.batch_size = cfg.init.batch_size
-        stage.init = stage.rollout = None
-        if "head" in stage.model.get("policy", {}):
-            stage.model.policy.head = "lm"  # a reward model starts from the SFT model's trunk
-        stage.callbacks = {
-            name: node for name, node in (cfg.get("callbacks") or {}).items()
-            if not str(node.get("_target_", "")).startswith("lit_align.") or name == "save_on_signal"
-        }  # fmt: skip
-    weights = {key: stage.get(key) for key in ("seed", "model", "data", "objective", "optimizer", "scheduler")}
-    weights |= {"grad_clip": stage.grad_clip, "max_steps": stage.trainer.max_steps,
-                "precision": stage.trainer.precision, "lit_align": version("lit_align")}  # fmt: skip
-    blob = json.dumps(OmegaConf.to_container(OmegaConf.create(weights), resolve=True), sort_keys=True)
-    out_dir = Path(cfg.init.cache_dir).expanduser() / f"sft-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-    stage.paths.output_dir = str(out_dir)
-    # An interrupted stage resumes from its own checkpoint (never from the run's ckpt_path).
-    # An interrupted stage resumes (last.ckpt is a folder when the checkpoint is sharded).
-    stage.ckpt_path = "last" if (out_dir / "checkpoints" / "last.ckpt").exists() else None
-    console = Console()
-    if (out_dir / "summary.json").is_file() and (out_dir / "model").is_dir():
-        console.print(f"init: reusing the SFT model in {out_dir} (same settings; delete it to retrain)")
-        summary, reused = json.loads((out_dir / "summary.json").read_text()), True
-    else:
-        console.print(f"init: stage 1, SFT for {stage.trainer.max_steps} steps into {out_dir}")
-        summary, reused = train(stage), False
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Rank 0 (of the world) writes the model the other ranks, on any node, are about to load.
-        torch.distributed.barrier()
-    return {"stage": "sft", "model": str(out_dir / "model"), "reused": reused, "final": summary["final"]}
 
 
 def _instantiate_each(group: DictConfig | None) -> list[Any]:

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lit_align.module import AlignModule, NonFiniteStop
+from lit_align.module import AlignModule
+from lit_align.step import NonFiniteStop
 from lit_align.train import train
 from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL, make_cfg
 

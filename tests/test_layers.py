@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lit_align"
 # Bottom to top: what a layer may import is itself and what comes before it.
 # data sits below objectives: its typed batches (data/batch.py) are what objectives read.
 LAYERS = ["errors", "ranks", "strategy", "checkpointing", "schema", "data", "objectives", "rewards", "models",
-          "rollout", "callbacks", "loggers", "runlock", "resume", "module", "config", "train", "__main__"]  # fmt: skip
+          "rollout", "callbacks", "loggers", "runlock", "resume", "step", "evaluation", "module", "config", "pipeline",
+          "train", "__main__"]  # fmt: skip
 
 
 def _layer(module: str) -> int:

@@ -17,9 +17,9 @@ import torch.distributed.checkpoint as dcp
 import transformers
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from lit_align import train as train_module
 from lit_align.callbacks.preemption import StoppedOutside
 from lit_align.checkpointing import WriteFailed
+from lit_align.pipeline import sft_start
 from lit_align.resume import read_checkpoint
 from lit_align.runlock import RunLocked, run_lock
 from lit_align.schema import ConfigError
@@ -66,7 +66,7 @@ def test_a_second_process_in_a_run_dir_is_refused_naming_the_holder(tmp_path):
     assert (tmp_path / "run.lock").read_text() == ""
 
 
-def test_two_pipelines_sharing_an_sft_cache_do_not_share_a_stage(tmp_path, monkeypatch):
+def test_two_pipelines_sharing_an_sft_cache_do_not_share_a_stage(tmp_path):
     cache = tmp_path / "cache"
     cfg = make_cfg(tmp_path / "run", *QUICK, "init=sft", f"init.cache_dir={cache}", "init.max_steps=2")
     stage_dirs = []
@@ -75,10 +75,8 @@ def test_two_pipelines_sharing_an_sft_cache_do_not_share_a_stage(tmp_path, monke
         stage_dirs.append(Path(stage.paths.output_dir))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "train", record_stage)
     with pytest.raises(KeyboardInterrupt):
-        train_module._sft_start(cfg)
-    monkeypatch.undo()
+        sft_start(cfg, record_stage)
     (stage_dir,) = stage_dirs
     holder = _holder(stage_dir)  # the other pipeline, training the stage
     try:

@@ -18,12 +18,48 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_align.checkpointing import write_failure
 from lit_align.data.collate import encode_prompt, pad
+from lit_align.errors import ConfigError
 from lit_align.models.sharding import is_sharded
 from lit_align.rewards.base import score
 from lit_align.rollout.buffer import rollout_metrics, rows_from_samples
 from lit_align.rollout.dynamic_sampling import informative_groups, merge, select_groups
 from lit_align.rollout.experience import experience_rows, split_rollout
 from lit_align.rollout.sampler import Sampler
+
+
+def check_sampling(
+    objective: str, batch_format: str | None, precompute_ref: bool, every_n_epochs: int | None,
+    temperature: float, top_p: float, top_k: int,
+) -> None:  # fmt: skip
+    """What online sampling refuses, raised naming the config key: `validate` calls it on the
+    config, before the SFT stage or any model, and `OnlineSampling.setup` on the objects, for a
+    run built in Python. ``objective`` names the objective (``objective=rloo``)."""
+    if precompute_ref:
+        raise ConfigError(
+            "objective.precompute_ref=true scores fixed pairs once before training, but rollout=online "
+            "makes new pairs from the policy: set objective.precompute_ref=false (a reference model is kept)"
+        )
+    if batch_format == "unpaired":
+        # Online sampling makes pairs, groups, SFT rows or rollouts from rewards; a thumbs-up or
+        # down per response is not among them, and `rows_from_samples` would fail only after the
+        # SFT stage and the first generation.
+        raise ConfigError(
+            f"{objective} learns from labelled single responses in the data (data=unpaired, or pairs unpaired), "
+            "which online sampling does not make: set rollout=none (simpo, orpo and dpo take online pairs)"
+        )
+    if batch_format != "rollout":
+        return
+    if not every_n_epochs:
+        raise ConfigError(
+            f"{objective} learns on-policy: set rollout.every_n_epochs (update epochs per rollout), "
+            "or the first rollout would serve the whole run"
+        )
+    if temperature != 1 or top_p < 1 or top_k > 0:
+        # The ratio π/π_old and the on-policy gradient assume samples from π itself.
+        raise ConfigError(
+            f"{objective} needs samples from the policy itself: set rollout.temperature=1, rollout.top_p=1, "
+            "rollout.top_k=0"
+        )
 
 
 class OnlineSampling(L.Callback):
@@ -81,15 +117,15 @@ class OnlineSampling(L.Callback):
         self,
         reward: Callable[..., list[float | None]],
         num_samples: int = 4,
-        num_prompts: int | None = None,
+        num_prompts: int | None = 1024,
         every_n_epochs: int | None = None,
         generation_batch_size: int = 64,
-        max_new_tokens: int = 64,
+        max_new_tokens: int = 48,
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = 0,
         threshold: float = 1.0,
-        include_reference: bool = False,
+        include_reference: bool = True,
         seed: int = 0,
         log_samples: int = 8,
         dynamic_sampling: bool = False,
@@ -123,19 +159,10 @@ class OnlineSampling(L.Callback):
         if stage != "fit":
             return
         self._datamodule = trainer.datamodule  # where a restored buffer goes
-        if pl_module.objective.precompute_ref:
-            raise ValueError("objective.precompute_ref scores a fixed dataset once; online sampling refreshes it")
-        if trainer.datamodule.batch_format == "rollout":
-            name = type(pl_module.objective).__name__
-            if not self.every_n_epochs:
-                raise ValueError(
-                    f"{name} learns on-policy: set rollout.every_n_epochs (update epochs per rollout), "
-                    "or the first rollout would serve the whole run"
-                )
-            sampler = self.sampler
-            if sampler.temperature != 1 or sampler.top_p < 1 or sampler.top_k > 0:
-                # The ratio π/π_old and the on-policy gradient assume samples from π itself.
-                raise ValueError(f"{name} needs samples from the policy itself: temperature=1, top_p=1, top_k=0")
+        objective, sampler = pl_module.objective, self.sampler
+        check_sampling(f"objective={type(objective).__name__.lower()}", trainer.datamodule.batch_format,
+                       objective.precompute_ref, self.every_n_epochs, sampler.temperature, sampler.top_p,
+                       sampler.top_k)  # fmt: skip
         if self.every_n_epochs:
             # The buffer changes at epoch ends; Lightning must ask for a new loader to see it.
             trainer.reload_dataloaders_every_n_epochs = self.every_n_epochs

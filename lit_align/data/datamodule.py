@@ -4,7 +4,7 @@ objective consumes, and held-out prompts with gold answers for evaluation by gen
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -19,6 +19,8 @@ from lit_align.data.batch import Responses
 from lit_align.data.collate import StepCollator, collate_prompts, encode_prompt
 from lit_align.data.formats import FORMATS
 from lit_align.data.loader import ResumableLoader
+from lit_align.errors import ConfigError
+from lit_align.schema import holds
 
 # What each objective's training rows look like before tokenising:
 #   sft:    prompt, response
@@ -29,6 +31,28 @@ from lit_align.data.loader import ResumableLoader
 #            by online sampling
 # Each is encoded and collated by its `lit_align.data.formats.RowFormat`.
 BATCH_FORMATS = tuple(FORMATS)
+# (argument, test, what the value must be), checked by `check_sizes`.
+_SIZES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("batch_size", lambda v: v >= 1, ">= 1"),
+    ("micro_batch_size", lambda v: v is None or v >= 1, ">= 1 or null"),
+    ("eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ("max_prompt_length", lambda v: v >= 1, ">= 1"),
+]
+
+
+def check_sizes(sizes: Mapping[str, Any]) -> None:
+    """Refuses batch sizes and lengths that cannot work, naming the ``data.`` key: one check for
+    both paths, `AlignDataModule` on its arguments and `validate` on the config's ``data`` node
+    (before anything is built). A key absent from ``sizes`` is not checked."""
+    for key, ok, expected in _SIZES:
+        if key in sizes and not holds(ok, sizes[key]):
+            raise ConfigError(f"data.{key} must be {expected}, got {sizes[key]!r}")
+    length, prompt = sizes.get("max_length"), sizes.get("max_prompt_length")
+    if length is not None and prompt is not None and length <= prompt:
+        raise ConfigError(
+            f"data.max_length={length} must exceed data.max_prompt_length={prompt} (the prompt budget), "
+            "or no response token fits"
+        )
 
 
 class AlignDataModule(L.LightningDataModule):
@@ -75,12 +99,8 @@ class AlignDataModule(L.LightningDataModule):
         super().__init__()
         if batch_format not in BATCH_FORMATS:
             raise ValueError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {batch_size=}, {eval_batch_size=}")
-        if micro_batch_size is not None and micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-        if max_length <= max_prompt_length:
-            raise ValueError(f"max_length={max_length} leaves no room after max_prompt_length={max_prompt_length}")
+        check_sizes({"batch_size": batch_size, "micro_batch_size": micro_batch_size, "eval_batch_size": eval_batch_size,
+                     "max_length": max_length, "max_prompt_length": max_prompt_length})  # fmt: skip
         self.tokenizer = tokenizer
         self.batch_format = batch_format
         self.eval_by_generation = eval_by_generation

@@ -36,6 +36,12 @@ class ValueHead(nn.Module):
         nn.init.normal_(self.head.weight, std=1 / (hidden + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
 
+    @property
+    def reads_policy(self) -> bool:
+        """Whether it reads the policy's last hidden states (a shared trunk), from the policy's
+        own forward."""
+        return self.trunk is None
+
     def forward(self, inputs: dict[str, Tensor], policy_hidden: Tensor | None = None, shared: bool = True) -> Tensor:
         """``(R, T)`` values of the states before each response token (aligned with the
         policy's log-probs). ``inputs``: the prompts and responses

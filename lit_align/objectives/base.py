@@ -46,13 +46,18 @@ class Objective(nn.Module):
     # T)`` from the module's critic, and ``entropy`` ``(responses, T)`` of each response token's
     # distribution.
     needs_values: bool = False
+    # With ``needs_values``, how the module builds the critic (`lit_align.models.value.ValueHead`):
+    # "shared", a value head on the policy's trunk, or "separate", a head on a copy of the trunk;
+    # and its learning rate as a multiple of the policy's (its head starts from scratch).
+    critic: str = "shared"
+    critic_lr_scale: float = 1.0
     needs_entropy: bool = False
     # Whether the entropy needs a gradient (an entropy bonus); without one it is computed under
     # no_grad, so logging it does not keep a float32 (batch, seq, vocab) tensor for backward.
     entropy_grad: bool = False
     # Whether ``forward`` reads ``kl_estimate``: the mean over the optimizer step's mismatched
     # prompt/response pairs (all micro-batches and ranks) of log π − log π_ref, from a no-grad
-    # pass before the step's gradient pass (KTO's reference point; `AlignModule.step_inputs`).
+    # pass before the step's gradient pass (KTO's reference point; `lit_align.step.step_inputs`).
     needs_kl_pairs: bool = False
 
     @property

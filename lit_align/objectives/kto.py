@@ -13,7 +13,7 @@ averaged over the responses.
 
 z₀ here is one number per optimizer step: the module scores the step's mismatched pairs (every
 micro-batch, no gradient) before the gradient pass, and sums log π − log π_ref and the number of
-pairs over ranks (`AlignModule.step_inputs`), so ``kl_estimate`` is their mean over the step on
+pairs over ranks (`lit_align.step.step_inputs`), so ``kl_estimate`` is their mean over the step on
 all devices; the pairs themselves are fixed over the training split (`lit_align.data.formats.
 UnpairedFormat`), so the update does not depend on micro-batching or device count. TRL estimates it
 per micro-batch (the mean over ranks of each rank's micro-batch mean); with one micro-batch per
@@ -99,7 +99,7 @@ class KTO(Objective):
         kl_estimate: Tensor | None = None,
     ) -> ObjectiveOutput:
         assert ref_logps is not None, "KTO needs the reference's log-probs"
-        assert kl_estimate is not None, "KTO needs the step's KL estimate (AlignModule.step_inputs)"
+        assert kl_estimate is not None, "KTO needs the step's KL estimate (lit_align.step.step_inputs)"
         mask = batch.loss_mask
         seq, ref_seq = masked_sum(logps, mask, dim=1), masked_sum(ref_logps, mask, dim=1)
         z0 = kto_reference_point(kl_estimate)

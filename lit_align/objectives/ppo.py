@@ -69,7 +69,7 @@ class PPO(PolicyGradientObjective):
         lam: float = 0.95,
         whiten_advantages: bool = True,
         critic: str = "shared",
-        critic_lr_scale: float = 1.0,
+        critic_lr_scale: float = 10.0,
         aggregation: str = "token_mean",
     ) -> None:
         super().__init__(kl or KLPenalty(), aggregation)

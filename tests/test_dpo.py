@@ -86,6 +86,47 @@ def test_sft_weight_adds_token_mean_nll_of_chosen():
     assert_close(mixed - plain, T(2.0 * 1.0))  # chosen NLL token mean = (0.5 + 1.5)/2 = 1
 
 
+def _two_pairs_of_unequal_length():
+    # Pair 0: chosen tokens −0.5, −1.5 (2); pair 1: chosen −1, −2, −3 (3). Rejected rows: −4 each.
+    rows = [[-0.5, -1.5, -9.0], [-4.0, -9.0, -9.0], [-1.0, -2.0, -3.0], [-4.0, -9.0, -9.0]]
+    masks = [[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]]
+    return _pair_batch(rows, masks, [-2.0, -2.0, -2.0, -2.0])
+
+
+def test_sft_normalize_token_is_the_mean_over_all_chosen_tokens_of_the_step():
+    """pair: (1 + 2) / 2 = 1.5 (each pair's token mean, averaged); token: (0.5 + 1.5 + 1 + 2 + 3) / 5
+    = 1.6, TRL's ``-chosen_per_token_logps[chosen_mask].mean()`` (trl/trainer/dpo_trainer.py,
+    loss_type "sft") on the same inputs."""
+    batch, logps = _two_pairs_of_unequal_length()
+    plain = DPO(beta=0.5, precompute_ref=True)
+    per_pair = DPO(beta=0.5, sft_weight=1.0, precompute_ref=True)
+    per_token = DPO(beta=0.5, sft_weight=1.0, precompute_ref=True, sft_normalize="token")
+    assert per_token.normalizer(batch).tolist() == [2, 5]
+    base = plain(batch, logps, None, plain.normalizer(batch)).loss
+    assert_close(per_pair(batch, logps, None, per_pair.normalizer(batch)).loss - base, T(1.5))
+    out = per_token(batch, logps, None, per_token.normalizer(batch).float())
+    chosen_logps, chosen_mask = logps[batch.chosen], batch.loss_mask[batch.chosen]
+    trl_sft = -chosen_logps[chosen_mask.bool()].mean()
+    assert_close(trl_sft, T(1.6))
+    assert_close(out.loss - base, trl_sft)
+    assert_close(out.metrics["logps/chosen_nll"], T(1.6))
+
+
+def test_sft_normalize_token_does_not_change_with_micro_batching():
+    """Each micro-batch divides by the step's counts (2 pairs, 5 chosen tokens): the two halves
+    add up to the whole step's loss, which a per-micro-batch token mean (TRL's) would not."""
+    batch, logps = _two_pairs_of_unequal_length()
+    objective = DPO(beta=0.5, sft_weight=1.0, precompute_ref=True, sft_normalize="token")
+    step = objective.normalizer(batch).float()
+    whole = objective(batch, logps, None, step).loss
+    halves = []
+    for pair in (0, 1):
+        rows = [2 * pair, 2 * pair + 1]
+        half, _ = _pair_batch(logps[rows].tolist(), batch.loss_mask[rows].tolist(), [-2.0, -2.0])
+        halves.append(objective(half, logps[rows], None, step).loss)
+    assert_close(halves[0] + halves[1], whole)
+
+
 def test_fully_masked_rows_give_finite_zero_margin():
     batch, logps = _pair_batch([[-1.0, -1.0], [-2.0, -2.0]], [[0, 0], [0, 0]], [0.0, 0.0])
     logps.requires_grad_(True)

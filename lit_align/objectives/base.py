@@ -69,7 +69,8 @@ class Objective(nn.Module):
         """How many units (tokens, sequences, pairs…) the loss averages over in ``batch``.
 
         The module sums this over every micro-batch of the step and over ranks, and passes the
-        total back to ``forward``.
+        total back to ``forward``. A loss with terms averaged over different units returns a
+        vector, its first entry the rows (DPO with a token-mean NLL: pairs, chosen tokens).
         """
         raise NotImplementedError
 

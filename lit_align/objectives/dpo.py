@@ -76,8 +76,14 @@ class DPO(Objective):
         beta: β.
         loss_type: ``sigmoid`` (DPO), ``ipo`` or ``hinge``.
         label_smoothing: ε for conservative DPO, in [0, 0.5).
-        sft_weight: weight of an NLL term on the chosen response (token mean per pair), added
-            to the preference loss; 0 disables it.
+        sft_weight: weight of an NLL term on the chosen response, added to the preference
+            loss; 0 disables it.
+        sft_normalize: how that NLL is averaged. ``pair`` (default): each chosen response's
+            token mean, averaged over the step's pairs — the RPO paper's form (Pang et al. 2024,
+            arXiv 2404.19733, Eq. 3: NLL/|y_w| per pair). ``token``: the mean over every chosen
+            token of the optimizer step, as TRL's ``loss_type=[..., "sft"]`` (``dpo_trainer.py``:
+            ``-chosen_per_token_logps[chosen_mask].mean()``), but counted over the whole step and
+            all ranks, where TRL's is per micro-batch: long responses weigh more.
         ipo_normalize: with ``loss_type=ipo``, per-token log-ratios (the IPO authors' and TRL's
             form, default); false uses the summed ones.
         precompute_ref: the reference log-probs come with the batch (``ref_logps``, computed
@@ -94,6 +100,7 @@ class DPO(Objective):
         sft_weight: float = 0.0,
         precompute_ref: bool = False,
         ipo_normalize: bool = True,
+        sft_normalize: str = "pair",
     ) -> None:
         super().__init__()
         if beta <= 0:
@@ -105,13 +112,18 @@ class DPO(Objective):
         if label_smoothing and loss_type != "sigmoid":
             raise ValueError("label_smoothing applies to loss_type=sigmoid only")
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
-        self.sft_weight = sft_weight
+        if sft_normalize not in ("pair", "token"):
+            raise ValueError(f"sft_normalize must be pair or token, got {sft_normalize!r}")
+        self.sft_weight, self.sft_normalize = sft_weight, sft_normalize
         self.ipo_normalize = ipo_normalize
         self.precompute_ref = precompute_ref
         self.needs_reference = not precompute_ref
 
     def normalizer(self, batch: PairBatch) -> Tensor:
-        return torch.tensor(len(batch.chosen), device=batch.chosen.device)
+        pairs = torch.tensor(len(batch.chosen), device=batch.chosen.device)
+        if self.sft_weight and self.sft_normalize == "token":  # (pairs, chosen tokens) of the step
+            return torch.stack([pairs, batch.loss_mask[batch.chosen].sum()])
+        return pairs
 
     def forward(
         self,
@@ -137,7 +149,8 @@ class DPO(Objective):
         losses, chosen_rewards, rejected_rewards = dpo_losses(
             chosen, rejected, ref_chosen, ref_rejected, self.beta, self.loss_type, self.label_smoothing
         )
-        total = losses.sum()
+        pairs = normalizer[0] if normalizer.dim() else normalizer
+        loss = normalize(losses.sum(), pairs)
         metrics = {
             "rewards/chosen": chosen_rewards.mean(),
             "rewards/rejected": rejected_rewards.mean(),
@@ -147,7 +160,13 @@ class DPO(Objective):
             "logps/rejected": seq[batch.rejected].detach().mean(),
         }
         if self.sft_weight:
-            nll = -masked_mean(logps[batch.chosen], mask[batch.chosen], dim=1)
-            total = total + self.sft_weight * nll.sum()
-            metrics["logps/chosen_nll"] = nll.detach().mean()
-        return ObjectiveOutput(normalize(total, normalizer), metrics)
+            chosen_logps, chosen_mask = logps[batch.chosen], mask[batch.chosen]
+            if self.sft_normalize == "token":
+                nll_sum = -masked_sum(chosen_logps, chosen_mask, dim=1).sum()
+                loss = loss + self.sft_weight * normalize(nll_sum, normalizer[1])
+                metrics["logps/chosen_nll"] = nll_sum.detach() / chosen_mask.sum().clamp(min=1)
+            else:
+                nll = -masked_mean(chosen_logps, chosen_mask, dim=1)
+                loss = loss + self.sft_weight * normalize(nll.sum(), pairs)
+                metrics["logps/chosen_nll"] = nll.detach().mean()
+        return ObjectiveOutput(loss, metrics)

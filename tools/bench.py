@@ -305,7 +305,14 @@ class Results:
         (self.out / "results.json").write_text(
             json.dumps({"results": results, "scaling": scaling, "wall_s": wall}, indent=1)
         )
-        text = [f"# tools/bench.py: {len(results)} workloads, {wall:.0f} s", "", table(results)]
+        header = f"# tools/bench.py: {len(results)} workloads, {wall:.0f} s"
+        if self.old is not None:  # say which rows are this run's: their conditions may differ
+            names = ", ".join(Spec(**r["spec"]).name for r in self.results)
+            header = (
+                f"# tools/bench.py: {len(results)} workloads; {names or 'none'} rerun on {self.run} "
+                f"({time.perf_counter() - self.started:.0f} s), the others from the previous run ({wall:.0f} s)"
+            )
+        text = [header, "", table(results)]
         if scaling:
             text += ["", "## Scaling (tiny model)", "", scaling_table(scaling)]
         (self.out / "results.md").write_text("\n".join(text) + "\n")

@@ -16,6 +16,7 @@ from torch.nn import ModuleDict
 from torchmetrics import MeanMetric
 
 from lit_align.data.batch import Responses
+from lit_align.objectives.reduce import rows_of
 from lit_align.rollout.generate import generate_completions
 from lit_align.step import over_micro_batches
 
@@ -53,7 +54,7 @@ def evaluate_objective(module: Any, batch: list[Responses], stage: str) -> None:
     logged as ``{stage}/loss``, ``{stage}/rewards/accuracies`` …"""
     normalizer = sum(module.objective.normalizer(micro) for micro in batch).float()
     loss, metrics = over_micro_batches(module, batch, normalizer, backward=False)
-    rows = int(normalizer.reshape(-1)[0].item())  # a vector normalizer counts rows first (DPO's token NLL)
+    rows = int(rows_of(normalizer).item())
     module.log(f"{stage}/loss", loss, batch_size=rows, sync_dist=True)
     module.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=rows, sync_dist=True)
 

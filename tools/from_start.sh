@@ -17,9 +17,10 @@ jobs=${JOBS:-2}
 mkdir -p "$out"
 export OMP_NUM_THREADS=1
 began=$(date +%s)
+run_name() { echo "$(echo "$1" | tr ' =/' '_-_')/seed$2"; }  # a configuration's run dir for a seed
 for config in "$@"; do
   for seed in $seeds; do
-    name=$(echo "$config" | tr ' =/' '_-_')/seed$seed
+    name=$(run_name "$config" "$seed")
     [ -f "$out/$name/summary.json" ] && continue
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
     # shellcheck disable=SC2086  # a configuration is several overrides
@@ -30,7 +31,7 @@ done
 wait || true
 for config in "$@"; do  # a failed run has no summary.json: name it (its log says why)
   for seed in $seeds; do
-    name=$(echo "$config" | tr ' =/' '_-_')/seed$seed
+    name=$(run_name "$config" "$seed")
     [ -f "$out/$name/summary.json" ] || echo "failed: $config seed=$seed (log: $out/${name//\//_}.log)"
   done
 done

@@ -10,20 +10,18 @@ hide it behind a mean ± std.
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 from scipy.stats import t as student_t
 
 
 class RunLike(Protocol):
-    path: Path
     seed: int
     summary: dict
+    curves: dict[str, dict[int, float]]  # `report.CURVES` from the run's metrics.csv
 
 
 def interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -70,15 +68,6 @@ def paired_table(groups: dict[str, Sequence[RunLike]], control: str, metric: str
     return "\n".join(lines) + "\n"
 
 
-def _column(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of ``key`` in the run's metrics.csv, in the order logged."""
-    metrics_file = run_dir / "metrics.csv"
-    if not metrics_file.is_file():
-        return []
-    with metrics_file.open() as f:
-        return [(int(row["step"]), float(row[key])) for row in csv.DictReader(f) if row.get(key)]
-
-
 def training_table(groups: dict[str, Sequence[RunLike]]) -> str:
     """Per configuration, means over seeds of what a run's training did besides its accuracy:
     peak RSS, wall time, and for online runs the share of zero-variance groups over all
@@ -89,12 +78,13 @@ def training_table(groups: dict[str, Sequence[RunLike]]) -> str:
         rss = [r.summary["peak_rss_mb"] for r in runs if "peak_rss_mb" in r.summary]
         cells = [f"`{label}`", f"{statistics.fmean(rss):.0f}" if rss else ""]
         cells.append(f"{statistics.fmean(r.summary['wall_time_s'] for r in runs):.0f}")
-        shares = [c for r in runs if (c := _column(r.path, "rollout/frac_reward_zero_std"))]
-        zero = [statistics.fmean(v for _, v in c) for c in shares]
+        zero = [statistics.fmean(c.values()) for r in runs if (c := r.curves["rollout/frac_reward_zero_std"])]
         cells.append(f"{statistics.fmean(zero):.2f}" if zero else "")
-        lengths = [c for r in runs if (c := _column(r.path, "rollout/completion_len"))]
-        first = statistics.fmean(c[0][1] for c in lengths) if lengths else None
-        last = statistics.fmean(c[-1][1] for c in lengths) if lengths else None
-        cells.append(f"{first:.1f} → {last:.1f}" if lengths else "")
+        lengths = [[c[step] for step in sorted(c)] for r in runs if (c := r.curves["rollout/completion_len"])]
+        if lengths:
+            first, last = statistics.fmean(c[0] for c in lengths), statistics.fmean(c[-1] for c in lengths)
+            cells.append(f"{first:.1f} → {last:.1f}")
+        else:
+            cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

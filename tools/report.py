@@ -85,9 +85,14 @@ def _short(override: str) -> str:
     return override if value.lstrip("-").isdigit() else f"{key}={number:.3g}"
 
 
+# What a run's metrics.csv is read for: the curves plotted, and the rollouts' summaries of
+# `paired.training_table`.
+CURVES = ("train/loss", "val/accuracy", "rollout/frac_reward_zero_std", "rollout/completion_len")
+
+
 def _curves(run_dir: Path) -> dict[str, dict[int, float]]:
-    """``{metric: {step: value}}`` for train/loss and val/accuracy (a step logged twice: the last)."""
-    curves: dict[str, dict[int, float]] = {"train/loss": {}, "val/accuracy": {}}
+    """``{metric: {step: value}}`` for `CURVES` (a step logged twice: the last)."""
+    curves: dict[str, dict[int, float]] = {key: {} for key in CURVES}
     metrics_file = run_dir / "metrics.csv"
     if metrics_file.is_file():
         with metrics_file.open() as f:

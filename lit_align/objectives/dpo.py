@@ -25,7 +25,7 @@ from torch import Tensor
 from lit_align.data.batch import PairBatch
 from lit_align.data.formats import FORMATS
 from lit_align.objectives.base import Objective, ObjectiveOutput
-from lit_align.objectives.reduce import masked_mean, masked_sum, normalize
+from lit_align.objectives.reduce import masked_mean, masked_sum, normalize, rows_of
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -149,7 +149,7 @@ class DPO(Objective):
         losses, chosen_rewards, rejected_rewards = dpo_losses(
             chosen, rejected, ref_chosen, ref_rejected, self.beta, self.loss_type, self.label_smoothing
         )
-        pairs = normalizer[0] if normalizer.dim() else normalizer
+        pairs = rows_of(normalizer)
         loss = normalize(losses.sum(), pairs)
         metrics = {
             "rewards/chosen": chosen_rewards.mean(),

@@ -30,3 +30,9 @@ def normalize(total: Tensor, normalizer: Tensor | float) -> Tensor:
     # An empty step has total 0, so clamping the denominator gives 0 without a host sync.
     normalizer = torch.as_tensor(normalizer, dtype=total.dtype, device=total.device)
     return total / normalizer.clamp(min=1e-8)
+
+
+def rows_of(normalizer: Tensor) -> Tensor:
+    """The rows a step's normalizer counts: the normalizer itself, or the first entry of a vector
+    one (a loss with terms over other units too, `Objective.normalizer`)."""
+    return normalizer.reshape(-1)[0]

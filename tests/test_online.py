@@ -26,45 +26,85 @@ class LengthReward:
         return [float(len(c)) for c in completions]
 
 
-PROMPTS = ["p0", "p1", "p2"]
-TEXTS = ["a", "b", "c", "d", "e", "f"]  # two samples per prompt
+PROMPTS = [[1, 5], [1, 6], [1, 7]]  # prompt ids as sampled (bos 1)
+SAMPLES = [[10, 2], [11, 2], [12, 2], [13, 2], [14, 2], [15]]  # two samples per prompt; the last cut before eos
 
 
 def test_groups_rank_rewards_and_drop_unscorable():
-    rows = rows_from_samples("groups", PROMPTS, TEXTS, [1.0, 0.0, None, None, 0.5, 1.0], num_samples=2)
-    assert [r["prompt"] for r in rows] == ["p0", "p2"]  # p1: nothing scorable
-    assert rows[0]["responses"] == [
-        {"text": "a", "correct": True, "rank": 0, "reference": False},
-        {"text": "b", "correct": False, "rank": 1, "reference": False},
-    ]
-    assert [(r["text"], r["rank"], r["correct"]) for r in rows[1]["responses"]] == [("e", 1, False), ("f", 0, True)]
-    graded = rows_from_samples("groups", ["q"], ["x", "y", "z"], [0.2, 0.9, 0.2], num_samples=3, threshold=0.5)
-    assert [(r["rank"], r["correct"]) for r in graded[0]["responses"]] == [(1, False), (0, True), (1, False)]
+    rows = rows_from_samples("groups", PROMPTS, SAMPLES, [1.0, 0.0, None, None, 0.5, 1.0], num_samples=2)
+    assert len(rows) == 2  # p1: nothing scorable
+    assert rows[0] == {"sequences": [[1, 5, 10, 2], [1, 5, 11, 2]], "prompt_len": 2, "correct": [True, False],
+                       "rank": [0, 1], "reference": [False, False], "prompt_truncated": False,
+                       "response_truncated": False}  # fmt: skip
+    # The sample cut at the budget keeps its ids as sampled: no eos is added.
+    assert rows[1]["sequences"] == [[1, 7, 14, 2], [1, 7, 15]]
+    assert (rows[1]["rank"], rows[1]["correct"]) == ([1, 0], [False, True])
+    graded = rows_from_samples("groups", [[1]], [[3], [4], [5]], [0.2, 0.9, 0.2], num_samples=3, threshold=0.5)
+    assert (graded[0]["rank"], graded[0]["correct"]) == ([1, 0, 1], [False, True, False])
 
 
 def test_pairs_take_best_and_worst_and_skip_ties():
-    rows = rows_from_samples("pairs", PROMPTS, TEXTS, [0.0, 1.0, 1.0, 1.0, None, 0.0], num_samples=2)
-    assert rows == [{"prompt": "p0", "chosen": "b", "rejected": "a"}]  # p1 ties, p2 has one scorable sample
-    three = rows_from_samples("pairs", ["q"], ["x", "y", "z"], [0.5, 2.0, -1.0], num_samples=3)
-    assert three == [{"prompt": "q", "chosen": "y", "rejected": "z"}]
+    rows = rows_from_samples("pairs", PROMPTS, SAMPLES, [0.0, 1.0, 1.0, 1.0, None, 0.0], num_samples=2)
+    # p1 ties, p2 has one scorable sample
+    assert rows == [{"chosen_ids": [1, 5, 11, 2], "rejected_ids": [1, 5, 10, 2], "prompt_len": 2,
+                     "prompt_truncated": False, "response_truncated": False}]  # fmt: skip
+    three = rows_from_samples("pairs", [[1]], [[3], [4], [5]], [0.5, 2.0, -1.0], num_samples=3)
+    assert (three[0]["chosen_ids"], three[0]["rejected_ids"]) == ([1, 4], [1, 5])
 
 
 def test_sft_keeps_passing_samples_only():
-    rows = rows_from_samples("sft", PROMPTS, TEXTS, [1.0, 0.0, None, 1.0, 1.0, 1.0], num_samples=2)
-    assert rows == [{"prompt": p, "response": t} for p, t in [("p0", "a"), ("p1", "d"), ("p2", "e"), ("p2", "f")]]
+    rows = rows_from_samples("sft", PROMPTS, SAMPLES, [1.0, 0.0, None, 1.0, 1.0, 1.0], num_samples=2)
+    assert [r["input_ids"] for r in rows] == [[1, 5, 10, 2], [1, 6, 13, 2], [1, 7, 14, 2], [1, 7, 15]]
+    assert {r["prompt_len"] for r in rows} == {2}
     with pytest.raises(ValueError, match="3 prompts × 2 samples"):
-        rows_from_samples("sft", PROMPTS, TEXTS[:5], [1.0] * 5, num_samples=2)
+        rows_from_samples("sft", PROMPTS, SAMPLES[:5], [1.0] * 5, num_samples=2)
 
 
 def test_references_join_groups_and_sft_rows():
     rewards = [0.0, 0.0, None, None, 1.0, 0.0]
-    groups = rows_from_samples("groups", PROMPTS, TEXTS, rewards, num_samples=2, references=["r0", "r1", "r2"])
-    assert [len(g["responses"]) for g in groups] == [3, 1, 3]  # p1 keeps its reference alone
-    assert groups[0]["responses"][-1] == {"text": "r0", "correct": True, "rank": 0, "reference": True}
-    sft = rows_from_samples("sft", PROMPTS, TEXTS, rewards, num_samples=2, references=["r0", "r1", "r2"])
-    assert [r["response"] for r in sft] == ["r0", "r1", "r2", "e"]
-    pairs = rows_from_samples("pairs", PROMPTS, TEXTS, rewards, num_samples=2, references=["r0", "r1", "r2"])
-    assert pairs == [{"prompt": "p2", "chosen": "e", "rejected": "f"}]
+    references = [[20, 2], [21, 2], [22, 2]]
+    groups = rows_from_samples("groups", PROMPTS, SAMPLES, rewards, num_samples=2, references=references)
+    assert [len(g["sequences"]) for g in groups] == [3, 1, 3]  # p1 keeps its reference alone
+    assert groups[0]["sequences"][-1] == [1, 5, 20, 2]
+    assert (groups[0]["correct"][-1], groups[0]["rank"][-1], groups[0]["reference"]) == (True, 0, [False, False, True])
+    sft = rows_from_samples("sft", PROMPTS, SAMPLES, rewards, num_samples=2, references=references)
+    assert [r["input_ids"][2:] for r in sft] == [[20, 2], [21, 2], [22, 2], [14, 2]]
+    pairs = rows_from_samples("pairs", PROMPTS, SAMPLES, rewards, num_samples=2, references=references)
+    assert [(r["chosen_ids"], r["rejected_ids"]) for r in pairs] == [([1, 7, 14, 2], [1, 7, 15])]
+
+
+def test_rows_are_cut_to_max_length_and_flag_it():
+    rows = rows_from_samples("groups", [[1, 5]], [[10, 11, 2], [12, 2]], [1.0, 0.0], num_samples=2, max_length=4,
+                             prompt_truncated=[True])  # fmt: skip
+    assert rows[0]["sequences"] == [[1, 5, 10, 11], [1, 5, 12, 2]]
+    assert (rows[0]["response_truncated"], rows[0]["prompt_truncated"]) == (True, True)
+
+
+def test_online_rows_are_the_sampled_ids_served_without_re_tokenising(tokenizer, tiny_model):
+    """A refresh's rows hold exactly the ids the sampler drew (a truncated sample without eos),
+    and the datamodule serves them as they are, collated by the format."""
+    from types import SimpleNamespace
+
+    from lit_align.data.arith import ArithDataModule
+
+    data = ArithDataModule(tokenizer, batch_format="groups", batch_size=2, num_train=8, num_val=2, num_test=2)
+    data.setup()
+    callback = OnlineSampling(LengthReward(), num_samples=2, num_prompts=2, max_new_tokens=3, seed=0)
+    module = SimpleNamespace(tokenizer=tokenizer, policy=tiny_model, global_rank=0, device=torch.device("cpu"),
+                             shared_prefix=True)  # fmt: skip
+    prompts = data.prompt_set().select([0, 1])
+    samples = callback._sample_and_score(module, data, prompts)
+    assert all(len(ids) <= 3 for ids in samples["completion_ids"])
+    decoded = [tokenizer.decode(ids, skip_special_tokens=True) for ids in samples["completion_ids"]]
+    assert decoded == samples["completions"]
+    rows = rows_from_samples("groups", samples["prompt_ids"], samples["completion_ids"], samples["rewards"], 2,
+                             references=samples["references"], max_length=data.max_length)  # fmt: skip
+    data.set_train_rows(rows)
+    assert data.train_split() is rows
+    first = rows[0]
+    assert first["sequences"][0] == samples["prompt_ids"][0] + samples["completion_ids"][0]
+    (micro,) = next(iter(data.train_dataloader()))
+    assert micro.response_ids.shape[0] == sum(len(r["sequences"]) for r in rows[: len(micro.prompt_ids)])
 
 
 def test_rollout_metrics_by_hand():

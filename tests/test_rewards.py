@@ -98,8 +98,8 @@ def test_graded_reward_ranks_right_answers_then_fewer_wrong_steps():
     ]
     scores = reward(["q"] * 4, completions, answer=["10"] * 4)
     assert scores == pytest.approx([1.5, 1 / 3, 0.0, 0.5])
-    (group,) = rows_from_samples("groups", ["q"], completions, scores, num_samples=4, threshold=1.0)
-    assert [(r["correct"], r["rank"]) for r in group["responses"]] == [(True, 0), (False, 2), (False, 3), (False, 1)]
+    (group,) = rows_from_samples("groups", [[1]], [[3], [4], [5], [6]], scores, num_samples=4, threshold=1.0)
+    assert list(zip(group["correct"], group["rank"], strict=True)) == [(True, 0), (False, 2), (False, 3), (False, 1)]
 
 
 def test_model_reward_scores_encoded_prompt_plus_completion_in_batches(tokenizer, tmp_path):

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_align.checkpointing import write_failure
-from lit_align.data.collate import encode_prompt, pad
+from lit_align.data.collate import encode_prompt, encode_response, pad
 from lit_align.errors import ConfigError
 from lit_align.models.sharding import is_sharded
 from lit_align.rewards.base import score
@@ -232,9 +232,10 @@ class OnlineSampling(L.Callback):
             rows, kl = experience_rows(pl_module.objective, samples["experience"], samples["rewards"],
                                        self.sampler.num_samples)  # fmt: skip
         else:
-            rows = rows_from_samples(datamodule.batch_format, samples["prompts"], samples["completions"],
+            rows = rows_from_samples(datamodule.batch_format, samples["prompt_ids"], samples["completion_ids"],
                                      samples["rewards"], self.sampler.num_samples, self.threshold,
-                                     samples.get("references"))  # fmt: skip
+                                     samples.get("references"), datamodule.max_length,
+                                     samples["prompt_truncated"])  # fmt: skip
         if rows:
             datamodule.set_train_rows(rows)
             self.rows = rows
@@ -314,11 +315,14 @@ class OnlineSampling(L.Callback):
         rl = datamodule.batch_format == "rollout"
         if rl:
             out["experience"] = []
+        else:  # the rows are built from the ids as sampled (`rows_from_samples`)
+            out |= {"prompt_ids": [], "prompt_truncated": [], "completion_ids": []}
         if self.include_reference and "solution" in prompts.column_names and not rl:
-            out["references"] = prompts["solution"]
+            out["references"] = [encode_response(tokenizer, text) for text in prompts["solution"]]
         for start in range(0, len(prompts), self.generation_batch_size):
             texts = prompts[start : start + self.generation_batch_size]["prompt"]
-            ids = [encode_prompt(tokenizer, text, datamodule.max_prompt_length)[0] for text in texts]
+            encoded = [encode_prompt(tokenizer, text, datamodule.max_prompt_length) for text in texts]
+            ids = [e[0] for e in encoded]
             prompt_ids, prompt_mask = pad(ids, tokenizer.pad_token_id, left=True)
             # A fresh seed per refresh, rank and chunk: each refresh draws new samples.
             # (A top-up round of dynamic sampling adds its number.)
@@ -330,6 +334,11 @@ class OnlineSampling(L.Callback):
             if rl:  # the tokens as sampled, with the policy's, reference's (and critic's) outputs
                 scored = None if self.in_step else pl_module.score_rollout(rollout.forward_inputs())
                 out["experience"] += split_rollout(rollout, scored)
+            else:
+                out["prompt_ids"] += ids
+                out["prompt_truncated"] += [e[1] for e in encoded]
+                sampled = zip(rollout.completion_ids.tolist(), rollout.completion_mask.sum(-1).tolist(), strict=True)
+                out["completion_ids"] += [row[:n] for row, n in sampled]
             out["prompts"] += texts
             out["completions"] += rollout.completions
             out["lengths"] += rollout.completion_mask.sum(-1).tolist()

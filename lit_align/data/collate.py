@@ -30,7 +30,7 @@ def encode_prompt_response(
     counted.
     """
     prompt_ids, prompt_truncated = encode_prompt(tokenizer, prompt, max_prompt_length)
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    response_ids = encode_response(tokenizer, response)
     room = max_length - len(prompt_ids)
     return {
         "input_ids": prompt_ids + response_ids[:room],
@@ -38,6 +38,11 @@ def encode_prompt_response(
         "prompt_truncated": prompt_truncated,
         "response_truncated": len(response_ids) > room,
     }
+
+
+def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
+    """A response's ids with the eos token that ends it."""
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_prompt_length: int) -> tuple[list[int], bool]:

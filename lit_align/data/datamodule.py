@@ -152,9 +152,10 @@ class AlignDataModule(L.LightningDataModule):
                 self.splits[name] = self._encoded(split)
 
     def set_train_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Replaces the training split with ``rows`` in ``batch_format``'s schema (the online
-        sampling buffer); the next `train_dataloader` serves them. Rollout rows are tensors
-        already and are served as they are (no Arrow round trip)."""
+        """Replaces the training split with ``rows`` (the online sampling buffer); the next
+        `train_dataloader` serves them. They come encoded in ``batch_format``'s stored schema
+        (the sampled ids, `lit_align.rollout.buffer`; rollout rows as tensors) and are served as
+        they are: no Arrow round trip, no re-tokenisation."""
         self.setup()
         assert self.splits is not None
         if self.batch_format == "rollout":
@@ -162,7 +163,18 @@ class AlignDataModule(L.LightningDataModule):
                            "data/response_truncated": sum(int(r["truncated"].sum()) for r in rows)}  # fmt: skip
             self.splits["train"] = rows
             return
-        self._set_train(Dataset.from_list(rows))
+        # The columns a row takes from the others (`RowFormat.split_columns`; none for the
+        # formats online sampling makes today).
+        columns = {key: [r[key] for r in rows] for key in rows[0]} if rows else {}
+        added = FORMATS[self.batch_format].split_columns(columns) if rows else {}
+        if added:
+            rows = [row | {key: column[i] for key, column in added.items()} for i, row in enumerate(rows)]
+        self.stats |= {
+            "data/train_rows": len(rows),
+            "data/prompt_truncated": sum(bool(r["prompt_truncated"]) for r in rows),
+            "data/response_truncated": sum(bool(r["response_truncated"]) for r in rows),
+        }
+        self.splits["train"] = rows
 
     def _set_train(self, raw: Dataset) -> None:
         assert self.splits is not None

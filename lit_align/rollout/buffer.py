@@ -1,4 +1,7 @@
-"""Turning scored samples into training rows in the format the objective consumes.
+"""Turning scored samples into training rows in the format the objective consumes, kept as the
+token ids that were sampled: a completion is never decoded and re-tokenised on its way to the
+loss (a round trip that can change a BPE tokenisation, and would add an eos the sampler never
+produced to a sample cut at ``max_new_tokens``). The text only goes to the reward and the logs.
 
 ``k`` samples per prompt arrive adjacent (prompt ``p`` owns samples ``p·k … p·k + k − 1``), each
 with a reward or ``None`` (unscorable). Unscorable samples are left out of every format: a
@@ -12,9 +15,14 @@ sample we cannot judge is neither a positive nor a negative.
   A group needs a scorable sample (or a reference, below); one with only positives or only
   negatives still trains the objective's fine-tuning term.
 
-With ``references`` (one gold solution per prompt), ``groups`` add it as a ``reference`` chain
-(fine-tuned on, outside the ranking) and ``sft`` adds it as a row, so every prompt keeps a
-positive to learn from however few samples pass; ``pairs`` ignore it.
+With ``references`` (one gold solution per prompt, encoded), ``groups`` add it as a
+``reference`` chain (fine-tuned on, outside the ranking) and ``sft`` adds it as a row, so every
+prompt keeps a positive to learn from however few samples pass; ``pairs`` ignore it.
+
+The rows are what `lit_align.data.formats` stores for that format (``input_ids`` and
+``prompt_len`` for sft, ``chosen_ids``/``rejected_ids`` for pairs, ``sequences`` with labels for
+groups, each with ``prompt_truncated`` and ``response_truncated``), so the datamodule serves
+them as they are.
 """
 
 from __future__ import annotations
@@ -23,17 +31,28 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+Ids = Sequence[int]
+
 
 def rows_from_samples(
     batch_format: str,
-    prompts: Sequence[str],
-    completions: Sequence[str],
+    prompts: Sequence[Ids],
+    completions: Sequence[Ids],
     rewards: Sequence[float | None],
     num_samples: int,
     threshold: float = 1.0,
-    references: Sequence[str] | None = None,
+    references: Sequence[Ids] | None = None,
+    max_length: int | None = None,
+    prompt_truncated: Sequence[bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """Training rows of ``batch_format`` from ``len(prompts) · num_samples`` scored samples."""
+    """Encoded training rows of ``batch_format`` from ``len(prompts) · num_samples`` scored samples.
+
+    ``prompts``: each prompt's ids as the sampler saw them (bos included); ``completions``: each
+    sample's ids up to and including its eos (none when cut at the budget); ``references``: each
+    prompt's gold response ids, eos-terminated; ``max_length``: a sequence's longest, its
+    response cut to fit (and flagged ``response_truncated``); ``prompt_truncated``: per prompt,
+    whether its encoding was cut.
+    """
     if len(completions) != len(prompts) * num_samples or len(rewards) != len(completions):
         raise ValueError(
             f"{len(prompts)} prompts × {num_samples} samples need as many completions and rewards, "
@@ -41,31 +60,47 @@ def rows_from_samples(
         )
     rows: list[dict[str, Any]] = []
     for p, prompt in enumerate(prompts):
+        prompt = list(prompt)
         span = range(p * num_samples, (p + 1) * num_samples)
         scored = [(completions[i], rewards[i]) for i in span if rewards[i] is not None]
         reference = [] if references is None or batch_format == "pairs" else [references[p]]
         if not scored and not reference:
             continue
+        cut = bool(prompt_truncated[p]) if prompt_truncated is not None else False
         if batch_format == "sft":
-            rows += [{"prompt": prompt, "response": text} for text in reference]
-            rows += [{"prompt": prompt, "response": text} for text, reward in scored if reward >= threshold]
+            for response in reference + [ids for ids, reward in scored if reward >= threshold]:
+                ids, truncated = _joined(prompt, response, max_length)
+                rows.append({"input_ids": ids, "prompt_len": len(prompt), "prompt_truncated": cut,
+                             "response_truncated": truncated})  # fmt: skip
         elif batch_format == "pairs":
             best = max(range(len(scored)), key=lambda i: scored[i][1])
             worst = min(range(len(scored)), key=lambda i: scored[i][1])
             if scored[best][1] > scored[worst][1]:
-                rows.append({"prompt": prompt, "chosen": scored[best][0], "rejected": scored[worst][0]})
+                chosen, chosen_cut = _joined(prompt, scored[best][0], max_length)
+                rejected, rejected_cut = _joined(prompt, scored[worst][0], max_length)
+                rows.append({"chosen_ids": chosen, "rejected_ids": rejected, "prompt_len": len(prompt),
+                             "prompt_truncated": cut, "response_truncated": chosen_cut or rejected_cut})  # fmt: skip
         elif batch_format == "groups":
             levels = sorted({reward for _, reward in scored}, reverse=True)
+            joined = [_joined(prompt, ids, max_length) for ids in [ids for ids, _ in scored] + reference]
             rows.append({
-                "prompt": prompt,
-                "responses": [
-                    {"text": text, "correct": reward >= threshold, "rank": levels.index(reward), "reference": False}
-                    for text, reward in scored
-                ] + [{"text": text, "correct": True, "rank": 0, "reference": True} for text in reference],
+                "sequences": [ids for ids, _ in joined],
+                "prompt_len": len(prompt),
+                "correct": [reward >= threshold for _, reward in scored] + [True] * len(reference),
+                "rank": [levels.index(reward) for _, reward in scored] + [0] * len(reference),
+                "reference": [False] * len(scored) + [True] * len(reference),
+                "prompt_truncated": cut,
+                "response_truncated": any(truncated for _, truncated in joined),
             })  # fmt: skip
         else:
             raise ValueError(f"unknown batch format {batch_format!r}")
     return rows
+
+
+def _joined(prompt: list[int], response: Ids, max_length: int | None) -> tuple[list[int], bool]:
+    """``prompt + response``, the response cut to fit ``max_length``; and whether it was cut."""
+    room = len(response) if max_length is None else max(max_length - len(prompt), 0)
+    return prompt + list(response[:room]), len(response) > room
 
 
 def rollout_metrics(

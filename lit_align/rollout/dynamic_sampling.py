@@ -4,8 +4,8 @@ it is dropped and the rollout is topped up with fresh prompts (``OnlineSampling`
 ``dynamic_sampling``), keeping 0 < |{o_i : correct}| < G in the batch.
 
 A rollout's samples are a dict of lists: per prompt ``prompts``, ``experience`` (and
-``references``); per sample (k per prompt, in order) ``completions``, ``rewards``, ``lengths``,
-``truncated``.
+``references``, ``prompt_ids``, ``prompt_truncated``); per sample (k per prompt, in order)
+``completions``, ``rewards``, ``lengths``, ``truncated`` (and ``completion_ids``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-PER_PROMPT = ("prompts", "experience", "references")
+PER_PROMPT = ("prompts", "experience", "references", "prompt_ids", "prompt_truncated")
 
 Samples = dict[str, list[Any]]
 

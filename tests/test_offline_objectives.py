@@ -70,6 +70,50 @@ def test_simpo_matches_trl_cpo_simpo_loss():
         assert_close((our_chosen, our_rejected), (exp_chosen, exp_rejected))
 
 
+def test_simpo_with_the_nll_anchor_by_hand_and_as_trl_cpo_simpo():
+    """The pairs of the test above with α = 0.5, the step being these 2 pairs: the SimPO part is
+    (0.31326 + 1.31326) / 2 = 0.81326. ``token``: the chosen tokens −1, −1, −2 give NLL 4/3, so
+    0.81326 + 0.5·4/3 = 1.47993. ``pair``: per-pair token means 1 and 2, mean 1.5, so 0.81326 +
+    0.75 = 1.56326. TRL's CPO-SimPO (``losses.mean() + cpo_alpha * nll_loss``, the cross-entropy
+    mean over the chosen tokens) on the same per-token log-probs is the ``token`` number."""
+    from trl.experimental.cpo.cpo_trainer import CPOTrainer
+
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]])
+    logps = torch.tensor([[-1.0, -1, 9], [-3, -1, -2], [-2, 9, 9], [-2, -2, 9]])
+    batch = PairBatch(**fields_of(mask, [0, 0, 1, 1]), chosen=torch.tensor([0, 2]), rejected=torch.tensor([1, 3]))
+    token = SimPO(beta=2.0, gamma=1.0, sft_weight=0.5, sft_normalize="token")
+    normalizer = token.normalizer(batch)
+    assert normalizer.tolist() == [2, 3]
+    out = token(batch, logps, None, normalizer)
+    assert_close(out.loss, torch.tensor(1.479930), atol=1e-5, rtol=0)
+    assert_close(out.metrics["logps/chosen_nll"], torch.tensor(4 / 3))
+    pair = SimPO(beta=2.0, gamma=1.0, sft_weight=0.5, sft_normalize="pair")
+    assert_close(pair(batch, logps, None, pair.normalizer(batch)).loss, torch.tensor(1.563262), atol=1e-5, rtol=0)
+    trl = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=1.0, beta=2.0, label_smoothing=0.0,
+                          accelerator=SimpleNamespace(device="cpu"))  # fmt: skip
+    avg = (logps * mask).sum(1) / mask.sum(1)
+    losses = CPOTrainer.cpo_loss(trl, avg[batch.chosen], avg[batch.rejected])[0]
+    chosen_tokens = logps[batch.chosen][mask[batch.chosen].bool()]
+    assert_close(out.loss, losses.mean() + 0.5 * -chosen_tokens.mean())
+
+
+def test_simpo_nll_anchor_does_not_change_with_micro_batching():
+    """Each pair alone, divided by the step's counts, adds up to the two-pair step's loss."""
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]])
+    logps = torch.tensor([[-1.0, -1, 9], [-3, -1, -2], [-2, 9, 9], [-2, -2, 9]])
+    both = PairBatch(**fields_of(mask, [0, 0, 1, 1]), chosen=torch.tensor([0, 2]), rejected=torch.tensor([1, 3]))
+    for how in ("token", "pair"):
+        objective = SimPO(beta=2.0, gamma=1.0, sft_weight=0.5, sft_normalize=how)
+        step = objective.normalizer(both)
+        whole = objective(both, logps, None, step).loss
+        halves = [
+            objective(PairBatch(**fields_of(mask[rows], [0, 0]), chosen=torch.tensor([0]), rejected=torch.tensor([1])),
+                      logps[rows], None, step).loss
+            for rows in (slice(0, 2), slice(2, 4))
+        ]  # fmt: skip
+        assert_close(halves[0] + halves[1], whole)
+
+
 # -- ORPO ---------------------------------------------------------------------------------------
 
 

@@ -24,8 +24,9 @@ from torch import Tensor
 
 from lit_align.data.batch import PairBatch
 from lit_align.data.formats import FORMATS
+from lit_align.objectives.anchor import check_normalization, chosen_nll, step_normalizer
 from lit_align.objectives.base import Objective, ObjectiveOutput
-from lit_align.objectives.reduce import masked_mean, masked_sum, normalize, rows_of
+from lit_align.objectives.reduce import masked_sum, normalize, rows_of
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -112,18 +113,14 @@ class DPO(Objective):
         if label_smoothing and loss_type != "sigmoid":
             raise ValueError("label_smoothing applies to loss_type=sigmoid only")
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
-        if sft_normalize not in ("pair", "token"):
-            raise ValueError(f"sft_normalize must be pair or token, got {sft_normalize!r}")
+        check_normalization(sft_normalize)
         self.sft_weight, self.sft_normalize = sft_weight, sft_normalize
         self.ipo_normalize = ipo_normalize
         self.precompute_ref = precompute_ref
         self.needs_reference = not precompute_ref
 
     def normalizer(self, batch: PairBatch) -> Tensor:
-        pairs = torch.tensor(len(batch.chosen), device=batch.chosen.device)
-        if self.sft_weight and self.sft_normalize == "token":  # (pairs, chosen tokens) of the step
-            return torch.stack([pairs, batch.loss_mask[batch.chosen].sum()])
-        return pairs
+        return step_normalizer(batch, self.sft_normalize if self.sft_weight else "pair")
 
     def forward(
         self,
@@ -159,14 +156,7 @@ class DPO(Objective):
             "logps/chosen": seq[batch.chosen].detach().mean(),  # summed, whatever the loss reads
             "logps/rejected": seq[batch.rejected].detach().mean(),
         }
-        if self.sft_weight:
-            chosen_logps, chosen_mask = logps[batch.chosen], mask[batch.chosen]
-            if self.sft_normalize == "token":
-                nll_sum = -masked_sum(chosen_logps, chosen_mask, dim=1).sum()
-                loss = loss + self.sft_weight * normalize(nll_sum, normalizer[1])
-                metrics["logps/chosen_nll"] = nll_sum.detach() / chosen_mask.sum().clamp(min=1)
-            else:
-                nll = -masked_mean(chosen_logps, chosen_mask, dim=1)
-                loss = loss + self.sft_weight * normalize(nll.sum(), pairs)
-                metrics["logps/chosen_nll"] = nll.detach().mean()
+        if self.sft_weight:  # RPO's NLL anchor (`lit_align.objectives.anchor`)
+            nll, metrics["logps/chosen_nll"] = chosen_nll(batch, logps, normalizer, self.sft_normalize)
+            loss = loss + self.sft_weight * nll
         return ObjectiveOutput(loss, metrics)

@@ -58,6 +58,10 @@ def test_sft_keeps_passing_samples_only():
     assert {r["prompt_len"] for r in rows} == {2}
     with pytest.raises(ValueError, match="3 prompts × 2 samples"):
         rows_from_samples("sft", PROMPTS, SAMPLES[:5], [1.0] * 5, num_samples=2)
+    with pytest.raises(NotImplementedError, match="online sampling makes no unpaired rows"):
+        rows_from_samples("unpaired", PROMPTS, SAMPLES, [1.0] * 6, num_samples=2)
+    with pytest.raises(ValueError, match="unknown batch format 'triples'"):
+        rows_from_samples("triples", PROMPTS, SAMPLES, [1.0] * 6, num_samples=2)
 
 
 def test_references_join_groups_and_sft_rows():

@@ -3,7 +3,8 @@ batch (`lit_align.data.batch`).
 
 An objective names its format (``Objective.row_format``); the datamodule encodes rows with it
 and its ``collate`` builds every micro-batch. A new format is a class here (or beside its
-objective) with ``name``, ``encode`` and ``collate``.
+objective) with ``name``, ``encode`` and ``collate``, and ``from_samples`` if online sampling
+makes its rows.
 
 Encoded rows are what the datasets store (token id lists, one per response, and the prompt
 length); rollout rows are made by online sampling already as tensors and only collated.
@@ -22,6 +23,7 @@ from lit_align.data.batch import GroupBatch, PairBatch, Responses, RolloutBatch,
 from lit_align.data.collate import encode_group, encode_pair, encode_prompt_response, pad
 
 Row = dict[str, Any]
+Scored = tuple[Sequence[int], float]  # a sample's ids and its reward
 
 
 class RowFormat:
@@ -35,12 +37,28 @@ class RowFormat:
     def collate(self, rows: Sequence[Row], pad_id: int) -> Responses:
         raise NotImplementedError
 
+    def from_samples(
+        self, prompt: list[int], scored: Sequence[Scored], references: Sequence[Sequence[int]], threshold: float,
+        max_length: int | None, prompt_truncated: bool,
+    ) -> list[Row]:  # fmt: skip
+        """This format's encoded rows from one prompt's samples, as online sampling draws them
+        (`lit_align.rollout.buffer`): ``prompt`` its ids, ``scored`` its scorable samples'
+        ``(ids up to and including eos, reward)``, ``references`` its gold responses' ids (none,
+        or one), ``threshold`` the reward of a correct sample, ``max_length`` a sequence's longest."""
+        raise NotImplementedError(f"online sampling makes no {self.name} rows")
+
     def split_columns(self, split: Any) -> dict[str, list[Any]]:
         """Columns a row takes from the other rows of its split (KTO's mismatched responses),
         added once when the encoded split is built: a step, a micro-batch or a rank sees only
         some rows, so what depends on the others is fixed before any of them is served.
         ``split``: the encoded columns by name (a ``datasets.Dataset`` or a dict of lists)."""
         return {}
+
+
+def join_response(prompt: list[int], response: Sequence[int], max_length: int | None) -> tuple[list[int], bool]:
+    """``prompt + response``, the response cut to fit ``max_length``; and whether it was cut."""
+    room = len(response) if max_length is None else max(max_length - len(prompt), 0)
+    return prompt + list(response[:room]), len(response) > room
 
 
 def split_prompt(ids: Sequence[int], prompt_len: int) -> tuple[list[int], list[int]]:
@@ -84,6 +102,18 @@ class SFTFormat(RowFormat):
     def encode(self, tokenizer: PreTrainedTokenizerBase, row: Row, max_prompt_length: int, max_length: int) -> Row:
         return encode_prompt_response(tokenizer, row["prompt"], row["response"], max_prompt_length, max_length)
 
+    def from_samples(
+        self, prompt: list[int], scored: Sequence[Scored], references: Sequence[Sequence[int]], threshold: float,
+        max_length: int | None, prompt_truncated: bool,
+    ) -> list[Row]:  # fmt: skip
+        """Rejection sampling: the references, then every sample whose reward reaches ``threshold``."""
+        rows = []
+        for response in [*references, *(ids for ids, reward in scored if reward >= threshold)]:
+            ids, cut = join_response(prompt, response, max_length)
+            rows.append({"input_ids": ids, "prompt_len": len(prompt), "prompt_truncated": prompt_truncated,
+                         "response_truncated": cut})  # fmt: skip
+        return rows
+
     def collate(self, rows: Sequence[Row], pad_id: int) -> SFTBatch:
         split = [split_prompt(r["input_ids"], r["prompt_len"]) for r in rows]
         masks = None
@@ -100,6 +130,23 @@ class PairFormat(RowFormat):
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, row: Row, max_prompt_length: int, max_length: int) -> Row:
         return encode_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], max_prompt_length, max_length)
+
+    def from_samples(
+        self, prompt: list[int], scored: Sequence[Scored], references: Sequence[Sequence[int]], threshold: float,
+        max_length: int | None, prompt_truncated: bool,
+    ) -> list[Row]:  # fmt: skip
+        """Online DPO: the best-rewarded sample chosen and the worst rejected, when their rewards
+        differ (ties go to the earlier sample); references are not paired."""
+        if not scored:
+            return []
+        best = max(range(len(scored)), key=lambda i: scored[i][1])
+        worst = min(range(len(scored)), key=lambda i: scored[i][1])
+        if scored[best][1] <= scored[worst][1]:
+            return []
+        chosen, chosen_cut = join_response(prompt, scored[best][0], max_length)
+        rejected, rejected_cut = join_response(prompt, scored[worst][0], max_length)
+        return [{"chosen_ids": chosen, "rejected_ids": rejected, "prompt_len": len(prompt),
+                 "prompt_truncated": prompt_truncated, "response_truncated": chosen_cut or rejected_cut}]  # fmt: skip
 
     def collate(self, rows: Sequence[Row], pad_id: int) -> PairBatch:
         prompts, responses = [], []
@@ -121,6 +168,25 @@ class GroupFormat(RowFormat):
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, row: Row, max_prompt_length: int, max_length: int) -> Row:
         return encode_group(tokenizer, row["prompt"], row["responses"], max_prompt_length, max_length)
+
+    def from_samples(
+        self, prompt: list[int], scored: Sequence[Scored], references: Sequence[Sequence[int]], threshold: float,
+        max_length: int | None, prompt_truncated: bool,
+    ) -> list[Row]:  # fmt: skip
+        """AFT: one group of every scorable sample, ``correct`` where the reward reaches
+        ``threshold`` and ``rank`` the reward's dense rank, highest first (a 0/1 verifier gives
+        ranks 0 and 1), plus the references as ``reference`` chains (rank 0, correct)."""
+        levels = sorted({reward for _, reward in scored}, reverse=True)
+        joined = [join_response(prompt, ids, max_length) for ids in [*(ids for ids, _ in scored), *references]]
+        return [{
+            "sequences": [ids for ids, _ in joined],
+            "prompt_len": len(prompt),
+            "correct": [reward >= threshold for _, reward in scored] + [True] * len(references),
+            "rank": [levels.index(reward) for _, reward in scored] + [0] * len(references),
+            "reference": [False] * len(scored) + [True] * len(references),
+            "prompt_truncated": prompt_truncated,
+            "response_truncated": any(cut for _, cut in joined),
+        }]  # fmt: skip
 
     def collate(self, rows: Sequence[Row], pad_id: int) -> GroupBatch:
         prompts, responses, index = [], [], []

@@ -5,24 +5,20 @@ produced to a sample cut at ``max_new_tokens``). The text only goes to the rewar
 
 ``k`` samples per prompt arrive adjacent (prompt ``p`` owns samples ``p·k … p·k + k − 1``), each
 with a reward or ``None`` (unscorable). Unscorable samples are left out of every format: a
-sample we cannot judge is neither a positive nor a negative.
+sample we cannot judge is neither a positive nor a negative. What each format makes of a
+prompt's scored samples is its ``RowFormat.from_samples`` (`lit_align.data.formats`):
 
-- ``sft`` (rejection-sampling fine-tuning): every sample whose reward reaches ``threshold``.
-- ``pairs`` (online DPO): per prompt, the best-rewarded sample is chosen and the worst rejected,
-  when their rewards differ (ties between equal rewards go to the earlier sample).
-- ``groups`` (AFT): per prompt, all scorable samples; ``correct`` is reward ≥ ``threshold`` and
-  ``rank`` the dense rank of the reward, highest first, so a 0/1 verifier gives ranks 0 and 1.
-  A group needs a scorable sample (or a reference, below); one with only positives or only
-  negatives still trains the objective's fine-tuning term.
+- ``sft`` (rejection-sampling fine-tuning): every sample whose reward reaches ``threshold``;
+- ``pairs`` (online DPO): the best- against the worst-rewarded sample, when their rewards differ;
+- ``groups`` (AFT): every scorable sample, labelled correct and ranked by reward.
 
 With ``references`` (one gold solution per prompt, encoded), ``groups`` add it as a
 ``reference`` chain (fine-tuned on, outside the ranking) and ``sft`` adds it as a row, so every
 prompt keeps a positive to learn from however few samples pass; ``pairs`` ignore it.
 
-The rows are what `lit_align.data.formats` stores for that format (``input_ids`` and
-``prompt_len`` for sft, ``chosen_ids``/``rejected_ids`` for pairs, ``sequences`` with labels for
-groups, each with ``prompt_truncated`` and ``response_truncated``), so the datamodule serves
-them as they are.
+The rows are what the format stores (``input_ids`` and ``prompt_len`` for sft,
+``chosen_ids``/``rejected_ids`` for pairs, ``sequences`` with labels for groups, each with
+``prompt_truncated`` and ``response_truncated``), so the datamodule serves them as they are.
 """
 
 from __future__ import annotations
@@ -30,6 +26,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from lit_align.data.formats import FORMATS
 
 Ids = Sequence[int]
 
@@ -53,54 +51,23 @@ def rows_from_samples(
     response cut to fit (and flagged ``response_truncated``); ``prompt_truncated``: per prompt,
     whether its encoding was cut.
     """
+    if batch_format not in FORMATS:
+        raise ValueError(f"unknown batch format {batch_format!r}")
     if len(completions) != len(prompts) * num_samples or len(rewards) != len(completions):
         raise ValueError(
             f"{len(prompts)} prompts × {num_samples} samples need as many completions and rewards, "
             f"got {len(completions)} and {len(rewards)}"
         )
-    rows: list[dict[str, Any]] = []
+    fmt, rows = FORMATS[batch_format], []
     for p, prompt in enumerate(prompts):
-        prompt = list(prompt)
         span = range(p * num_samples, (p + 1) * num_samples)
-        scored = [(completions[i], rewards[i]) for i in span if rewards[i] is not None]
-        reference = [] if references is None or batch_format == "pairs" else [references[p]]
+        scored = [(completions[i], float(rewards[i])) for i in span if rewards[i] is not None]
+        reference = [] if references is None else [references[p]]
         if not scored and not reference:
             continue
         cut = bool(prompt_truncated[p]) if prompt_truncated is not None else False
-        if batch_format == "sft":
-            for response in reference + [ids for ids, reward in scored if reward >= threshold]:
-                ids, truncated = _joined(prompt, response, max_length)
-                rows.append({"input_ids": ids, "prompt_len": len(prompt), "prompt_truncated": cut,
-                             "response_truncated": truncated})  # fmt: skip
-        elif batch_format == "pairs":
-            best = max(range(len(scored)), key=lambda i: scored[i][1])
-            worst = min(range(len(scored)), key=lambda i: scored[i][1])
-            if scored[best][1] > scored[worst][1]:
-                chosen, chosen_cut = _joined(prompt, scored[best][0], max_length)
-                rejected, rejected_cut = _joined(prompt, scored[worst][0], max_length)
-                rows.append({"chosen_ids": chosen, "rejected_ids": rejected, "prompt_len": len(prompt),
-                             "prompt_truncated": cut, "response_truncated": chosen_cut or rejected_cut})  # fmt: skip
-        elif batch_format == "groups":
-            levels = sorted({reward for _, reward in scored}, reverse=True)
-            joined = [_joined(prompt, ids, max_length) for ids in [ids for ids, _ in scored] + reference]
-            rows.append({
-                "sequences": [ids for ids, _ in joined],
-                "prompt_len": len(prompt),
-                "correct": [reward >= threshold for _, reward in scored] + [True] * len(reference),
-                "rank": [levels.index(reward) for _, reward in scored] + [0] * len(reference),
-                "reference": [False] * len(scored) + [True] * len(reference),
-                "prompt_truncated": cut,
-                "response_truncated": any(truncated for _, truncated in joined),
-            })  # fmt: skip
-        else:
-            raise ValueError(f"unknown batch format {batch_format!r}")
+        rows += fmt.from_samples(list(prompt), scored, reference, threshold, max_length, cut)
     return rows
-
-
-def _joined(prompt: list[int], response: Ids, max_length: int | None) -> tuple[list[int], bool]:
-    """``prompt + response``, the response cut to fit ``max_length``; and whether it was cut."""
-    room = len(response) if max_length is None else max(max_length - len(prompt), 0)
-    return prompt + list(response[:room]), len(response) > room
 
 
 def rollout_metrics(

@@ -86,3 +86,17 @@ def test_the_training_table_summarises_rollouts_and_memory(tmp_path):
     text = report(tmp_path, tmp_path / "out", control="objective=sft")
     # zero-variance share: the mean over rollouts (0.4), then over seeds; lengths: first 40.5, last 30.5.
     assert "| `objective=grpo` | 550 | 10 | 0.40 | 40.5 → 30.5 |" in text.splitlines()
+
+
+def test_gains_over_a_shared_start_per_seed(tmp_path):
+    # Every run began from one start with test accuracy 0.6: gains +0.05, +0.22, +0.17, mean 0.1467,
+    # s = 0.08737, half-width 4.3027 · 0.08737 / √3 = 0.2170.
+    for seed, method in enumerate([0.65, 0.82, 0.77]):
+        _run(tmp_path, f"m{seed}", ["objective=grpo"], seed, 0.4, 0.5, method)
+    (tmp_path / "start.json").write_text(json.dumps({"final": {"test/accuracy": 0.6}}))
+    text = report(tmp_path / "m0", tmp_path / "out0")  # one run: no start table without --start
+    assert "Gain over the start" not in text
+    text = report(tmp_path, tmp_path / "out", start=tmp_path / "start.json")
+    assert "Gain over the start (test/accuracy 0.600):" in text
+    # One configuration: its label is the summary's objective (the common override is in the header).
+    assert "| `objective=dpo` | +0.050 | +0.220 | +0.170 | +0.147 [−0.070, +0.364] | 3 |" in text.splitlines()

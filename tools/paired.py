@@ -46,16 +46,24 @@ def paired_table(groups: dict[str, Sequence[RunLike]], control: str, metric: str
     if control not in groups:
         raise SystemExit(f"--control {control!r} is none of the configurations: {sorted(groups)}")
     base = {r.seed: r.summary["final"][metric] for r in groups[control] if metric in r.summary["final"]}
+    title = f"Paired gain over `{control}` (per seed: {', '.join(f'{s}: {base[s]:.3f}' for s in sorted(base))}):"
+    return _gains(groups, base, title, metric, skip=control)
+
+
+def start_table(groups: dict[str, Sequence[RunLike]], start: float, metric: str = "test/accuracy") -> str:
+    """Each configuration's per-seed gain in ``metric`` over the start model every run began
+    from (one model, so one value for every seed), with the mean gain's 95% interval."""
+    seeds = {r.seed for runs in groups.values() for r in runs}
+    return _gains(groups, dict.fromkeys(seeds, start), f"Gain over the start ({metric} {start:.3f}):", metric)
+
+
+def _gains(groups: dict[str, Sequence[RunLike]], base: dict[int, float], title: str, metric: str,
+           skip: str | None = None) -> str:  # fmt: skip
     seeds = sorted(base)
     header = ["configuration", *(f"seed {s}" for s in seeds), f"mean gain [95% CI] in {metric}", "n"]
-    lines = [
-        f"Paired gain over `{control}` (per seed: {', '.join(f'{s}: {base[s]:.3f}' for s in seeds)}):",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, runs in groups.items():
-        if label == control:
+        if label == skip:
             continue
         final = {r.seed: r.summary["final"] for r in runs}
         gains = {s: f[metric] - base[s] for s, f in final.items() if s in base and metric in f}

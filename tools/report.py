@@ -14,7 +14,9 @@ folder of them), groups the runs by configuration (their command-line overrides 
 
 With ``--control <configuration>`` report.md also holds each configuration's paired gain over
 the control run of the same seed with a 95% confidence interval, and a table of peak memory,
-wall time, zero-variance groups and completion length (`tools/paired.py`).
+wall time, zero-variance groups and completion length (`tools/paired.py`). With ``--start
+<summary.json>`` (the start model's run, for runs of `tools/from_start.sh`) it holds each
+configuration's per-seed gain over that start.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import yaml
-from paired import paired_table, training_table
+from paired import paired_table, start_table, training_table
 
 # Final metrics shown when any run has them, in this order; start/val/accuracy comes first.
 COLUMNS = ["val/accuracy", "test/accuracy", "eval/greedy_accuracy", "eval/pass@8", "eval/maj@8", "eval/bon@8"]
@@ -174,9 +176,13 @@ def plot_curves(groups: dict[str, list[Run]], path: Path) -> None:
     plt.close(fig)
 
 
-def report(root: Path, out: Path | None = None, control: str | None = None, metric: str = "test/accuracy") -> str:
+def report(
+    root: Path, out: Path | None = None, control: str | None = None, metric: str = "test/accuracy",
+    start: Path | None = None,
+) -> str:  # fmt: skip
     """Writes report.md, accuracy.png and curves.png for the runs under ``root``; returns the
-    tables (with ``control``: the paired gains and the training table too)."""
+    tables (with ``control``: the paired gains and the training table too; with ``start``, a
+    run's ``summary.json``: the gains over that run's final ``metric``)."""
     runs, common = load_runs(root)
     if not runs:
         raise SystemExit(f"no summary.json under {root}")
@@ -184,6 +190,8 @@ def report(root: Path, out: Path | None = None, control: str | None = None, metr
     out.mkdir(parents=True, exist_ok=True)
     groups = group(runs)
     text = table(groups)
+    if start is not None:
+        text += "\n" + start_table(groups, json.loads(start.read_text())["final"][metric], metric)
     if control is not None:
         text += "\n" + paired_table(groups, control, metric) + "\n" + training_table(groups)
     shared = f" All with `{' '.join(common)}`." if common else ""
@@ -201,8 +209,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: root)")
     parser.add_argument("--control", default=None, help="a configuration's label: paired gains over it")
     parser.add_argument("--metric", default="test/accuracy", help="the metric the paired gains compare")
+    parser.add_argument("--start", type=Path, default=None, help="the start model's summary.json: gains over it")
     args = parser.parse_args()
-    print(report(args.root, args.out, args.control, args.metric), end="")
+    print(report(args.root, args.out, args.control, args.metric, args.start), end="")
 
 
 if __name__ == "__main__":

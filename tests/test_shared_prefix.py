@@ -188,6 +188,25 @@ def test_response_logps_equal_each_sequence_alone_with_gradients(tokenizer, tiny
         assert_close(ours[name], p.grad, rtol=1e-5, atol=1e-5, msg=name)
 
 
+def test_one_response_per_prompt_runs_one_forward(tokenizer, tiny_model):
+    """SFT rows share nothing: the shared setting takes the flat forward (one model call, not a
+    prompt pass and a response pass); pairs still take two. The log-probs are the same."""
+    calls = []
+    hook = tiny_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        sft = FORMATS["sft"].collate(_encoded(tokenizer, "sft"), tokenizer.pad_token_id)
+        shared = response_logps(tiny_model, **sft.forward_inputs(), shared=True).logps
+        assert len(calls) == 1
+        flat = response_logps(tiny_model, **sft.forward_inputs(), shared=False).logps
+        assert_close(shared, flat)
+        calls.clear()
+        pairs = FORMATS["pairs"].collate(_encoded(tokenizer, "pairs"), tokenizer.pad_token_id)
+        response_logps(tiny_model, **pairs.forward_inputs(), shared=True)
+        assert len(calls) == 2
+    finally:
+        hook.remove()
+
+
 def test_gradient_checkpointing_keeps_the_shared_prefix_exact(tokenizer, tiny_model):
     batch = FORMATS["pairs"].collate(_encoded(tokenizer, "pairs"), tokenizer.pad_token_id)
     plain = AlignModule(copy.deepcopy(tiny_model), DPO(sft_weight=1.0), tokenizer, optimizer=torch.optim.SGD)

@@ -10,6 +10,8 @@ same numbers:
   instead of k times; gradients reach the prompt's computation through the cache.
 - **flat**: each response behind its own copy of its prompt, one forward (what TRL and most
   trainers do); kept for comparison and for models whose attention cannot take a prefix cache.
+  A micro-batch with as many responses as prompts (SFT rows) has nothing to share, so it takes
+  this path even when sharing is on: the same tokens in one forward instead of two.
 
 Either way the LM head runs only on the hidden state before each response token, in chunks
 (`lit_align.models.logps_head`): no ``(batch, seq, vocab)`` logits exist. The head is applied
@@ -122,7 +124,7 @@ def response_scores(
 ) -> Tensor:
     """``(R,)`` a one-label sequence classifier's score of each prompt + response, read at the
     response's last token (the classifier's own pooling: its last non-pad token)."""
-    if not shared:
+    if not shared or not _shares(prompt_ids, prompt_index):
         ids, attention, positions = _flat_inputs(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
         return (
             classifier(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
@@ -172,7 +174,7 @@ def _two_pass(
             return model(**inputs).logits
 
     keep = {"logits_to_keep": 1} if head is not None else {}
-    if not shared:
+    if not shared or not _shares(prompt_ids, prompt_index):
         state["pass"] = "flat"
         ids, attention, positions = _flat_inputs(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
         return run({"input_ids": ids, "attention_mask": attention, "position_ids": positions, "use_cache": False})
@@ -183,6 +185,13 @@ def _two_pass(
         state["last_prompt"] = last[:, -1:]
         state["pass"] = "responses"
         return run(_response_inputs(model, prompt_mask, response_ids, response_mask, prompt_index, cache))
+
+
+def _shares(prompt_ids: Tensor, prompt_index: Tensor) -> bool:
+    """Whether some prompt has more than one response, so computing it once saves work. With as
+    many responses as prompts the flat forward computes the same tokens in one pass instead of
+    two. (Shapes only: no device sync. Either path gives the same numbers.)"""
+    return prompt_index.shape[0] > prompt_ids.shape[0]
 
 
 def _prompt_inputs(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, cache: Any) -> dict[str, Any]:

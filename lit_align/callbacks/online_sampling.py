@@ -322,7 +322,7 @@ class OnlineSampling(L.Callback):
         for start in range(0, len(prompts), self.generation_batch_size):
             texts = prompts[start : start + self.generation_batch_size]["prompt"]
             encoded = [encode_prompt(tokenizer, text, datamodule.max_prompt_length) for text in texts]
-            ids = [e[0] for e in encoded]
+            ids, cut = [e[0] for e in encoded], [e[1] for e in encoded]
             prompt_ids, prompt_mask = pad(ids, tokenizer.pad_token_id, left=True)
             # A fresh seed per refresh, rank and chunk: each refresh draws new samples.
             # (A top-up round of dynamic sampling adds its number.)
@@ -331,17 +331,18 @@ class OnlineSampling(L.Callback):
             seed = random.Random(key).getrandbits(62)
             rollout = self.sampler(policy, tokenizer, prompt_ids.to(pl_module.device), prompt_mask.to(pl_module.device),
                                    seed=seed, with_logps=False, shared_prefix=pl_module.shared_prefix)  # fmt: skip
+            lengths = rollout.completion_mask.sum(-1).tolist()  # tokens up to and including eos
             if rl:  # the tokens as sampled, with the policy's, reference's (and critic's) outputs
                 scored = None if self.in_step else pl_module.score_rollout(rollout.forward_inputs())
                 out["experience"] += split_rollout(rollout, scored)
             else:
                 out["prompt_ids"] += ids
-                out["prompt_truncated"] += [e[1] for e in encoded]
-                sampled = zip(rollout.completion_ids.tolist(), rollout.completion_mask.sum(-1).tolist(), strict=True)
+                out["prompt_truncated"] += cut
+                sampled = zip(rollout.completion_ids.tolist(), lengths, strict=True)
                 out["completion_ids"] += [row[:n] for row, n in sampled]
             out["prompts"] += texts
             out["completions"] += rollout.completions
-            out["lengths"] += rollout.completion_mask.sum(-1).tolist()
+            out["lengths"] += lengths
             out["truncated"] += rollout.truncated.tolist()
         columns = {
             name: [v for v in prompts[name] for _ in range(k)] for name in prompts.column_names if name != "prompt"

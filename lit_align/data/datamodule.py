@@ -163,12 +163,10 @@ class AlignDataModule(L.LightningDataModule):
                            "data/response_truncated": sum(int(r["truncated"].sum()) for r in rows)}  # fmt: skip
             self.splits["train"] = rows
             return
-        # The columns a row takes from the others (`RowFormat.split_columns`; none for the
-        # formats online sampling makes today).
-        columns = {key: [r[key] for r in rows] for key in rows[0]} if rows else {}
-        added = FORMATS[self.batch_format].split_columns(columns) if rows else {}
-        if added:
-            rows = [row | {key: column[i] for key, column in added.items()} for i, row in enumerate(rows)]
+        if rows:  # the columns a row takes from the others (`RowFormat.split_columns`), as `_encoded` adds
+            added = FORMATS[self.batch_format].split_columns({key: [r[key] for r in rows] for key in rows[0]})
+            if added:
+                rows = [row | {key: column[i] for key, column in added.items()} for i, row in enumerate(rows)]
         self.stats |= {
             "data/train_rows": len(rows),
             "data/prompt_truncated": sum(bool(r["prompt_truncated"]) for r in rows),

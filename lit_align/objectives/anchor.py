@@ -30,11 +30,12 @@ def check_normalization(how: str) -> None:
         raise ValueError(f"sft_normalize must be pair or token, got {how!r}")
 
 
-def step_normalizer(batch: PairBatch, how: str) -> Tensor:
-    """The step's normalizer of a pair loss with this term: the pairs, and with ``token`` the
-    chosen tokens too, as a vector ``(pairs, tokens)`` whose first entry is the pairs."""
+def step_normalizer(batch: PairBatch, weight: float, how: str) -> Tensor:
+    """The step's normalizer of a pair loss with this term at ``weight``: the pairs, and with a
+    ``token`` term the chosen tokens too, as a vector ``(pairs, tokens)`` whose first entry is the
+    pairs. Without the term (``weight`` 0) the pairs alone."""
     pairs = torch.tensor(len(batch.chosen), device=batch.chosen.device)
-    if how == "token":
+    if weight and how == "token":
         return torch.stack([pairs, batch.loss_mask[batch.chosen].sum()])
     return pairs
 

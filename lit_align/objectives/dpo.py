@@ -120,7 +120,7 @@ class DPO(Objective):
         self.needs_reference = not precompute_ref
 
     def normalizer(self, batch: PairBatch) -> Tensor:
-        return step_normalizer(batch, self.sft_normalize if self.sft_weight else "pair")
+        return step_normalizer(batch, self.sft_weight, self.sft_normalize)
 
     def forward(
         self,

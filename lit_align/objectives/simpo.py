@@ -80,7 +80,7 @@ class SimPO(Objective):
         self.sft_weight, self.sft_normalize = sft_weight, sft_normalize
 
     def normalizer(self, batch: PairBatch) -> Tensor:
-        return step_normalizer(batch, self.sft_normalize if self.sft_weight else "pair")
+        return step_normalizer(batch, self.sft_weight, self.sft_normalize)
 
     def forward(self, batch: PairBatch, logps: Tensor, ref_logps: Tensor | None, normalizer: Tensor) -> ObjectiveOutput:
         avg = masked_mean(logps, batch.loss_mask, dim=1)  # (responses,) (1/|y|) log π(y|x)

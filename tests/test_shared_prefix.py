@@ -1,6 +1,7 @@
-"""The shared-prefix forward gives the flat forward's numbers: log-probs, every objective's loss
-and every gradient (fp32, 1e-5), with gradient checkpointing too; the chunked LM head equals a
-full log-softmax; models that cannot take a prefix cache are refused in one line."""
+"""The shared-prefix forward, packed or through a prefix cache, gives the flat forward's numbers:
+log-probs, every objective's loss and every gradient (fp32, 1e-5), with gradient checkpointing
+and eager attention too; the chunked LM head equals a full log-softmax; models that cannot share
+a prefix are refused in one line."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch.testing import assert_close
 
 from lit_align.data.collate import encode_group, encode_pair, encode_prompt_response
 from lit_align.data.formats import FORMATS
-from lit_align.models import logps_head
+from lit_align.models import logps_head, response_forward
 from lit_align.models.forward import forward_logps
 from lit_align.models.logps_head import linear_logps
 from lit_align.models.response_forward import Unsupported, response_logps
@@ -32,6 +33,14 @@ from lit_align.objectives.simpo import SimPO
 from lit_align.rollout.sampler import Sampler
 
 PROMPTS = ["Ann has 3 pens. She finds 4.\n", "12+7=?\n", "Tom has 9 cups and gives 2 away.\n"]
+
+
+@pytest.fixture(params=["packed", "cache"])
+def method(request, monkeypatch) -> str:
+    """Each shared-forward test runs both ways: packed rows with a block mask (what SDPA and eager
+    attention get) and the prefix cache (what other attention gets)."""
+    monkeypatch.setattr(response_forward, "prefix_method", lambda model: request.param)
+    return request.param
 
 
 def _encoded(tokenizer, fmt: str) -> list[dict]:
@@ -107,7 +116,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_every_objective_gets_the_flat_forwards_loss_and_gradients(tokenizer, tiny_model, case):
+def test_every_objective_gets_the_flat_forwards_loss_and_gradients(tokenizer, tiny_model, case, method):
     objective, fmt = CASES[case]
     if fmt.startswith("rollout"):
         batch = _rollout(tokenizer, prepared=fmt == "rollout")
@@ -128,7 +137,7 @@ def test_every_objective_gets_the_flat_forwards_loss_and_gradients(tokenizer, ti
     _assert_same_grads(grads, flat_grads)
 
 
-def test_dpo_with_precomputed_reference_gets_the_flat_forwards_numbers(tokenizer, tiny_model):
+def test_dpo_with_precomputed_reference_gets_the_flat_forwards_numbers(tokenizer, tiny_model, method):
     batch = FORMATS["pairs"].collate(_encoded(tokenizer, "pairs"), tokenizer.pad_token_id)
     batch.ref_logps = torch.tensor([[-30.0, -20.0], [-25.0, -21.0], [-40.0, -19.0]])
     shared, flat = (
@@ -163,7 +172,7 @@ def test_reward_model_scores_equal_the_flat_forward(tokenizer):
     _assert_same_grads(shared[1], flat[1])
 
 
-def test_response_logps_equal_each_sequence_alone_with_gradients(tokenizer, tiny_model):
+def test_response_logps_equal_each_sequence_alone_with_gradients(tokenizer, tiny_model, method):
     """Against the plainest reference: each prompt + response as its own unpadded sequence
     through the model's full logits."""
     batch = FORMATS["groups"].collate(_encoded(tokenizer, "groups"), tokenizer.pad_token_id)
@@ -188,9 +197,10 @@ def test_response_logps_equal_each_sequence_alone_with_gradients(tokenizer, tiny
         assert_close(ours[name], p.grad, rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_one_response_per_prompt_runs_one_forward(tokenizer, tiny_model):
-    """SFT rows share nothing: the shared setting takes the flat forward (one model call, not a
-    prompt pass and a response pass); pairs still take two. The log-probs are the same."""
+def test_one_response_per_prompt_runs_one_forward(tokenizer, tiny_model, method):
+    """SFT rows share nothing: the shared setting takes the flat forward (one model call); pairs
+    take one packed call, or a prompt pass and a response pass through the cache. The log-probs
+    are the same."""
     calls = []
     hook = tiny_model.register_forward_hook(lambda *_: calls.append(1))
     try:
@@ -202,12 +212,49 @@ def test_one_response_per_prompt_runs_one_forward(tokenizer, tiny_model):
         calls.clear()
         pairs = FORMATS["pairs"].collate(_encoded(tokenizer, "pairs"), tokenizer.pad_token_id)
         response_logps(tiny_model, **pairs.forward_inputs(), shared=True)
-        assert len(calls) == 2
+        assert len(calls) == {"packed": 1, "cache": 2}[method]
     finally:
         hook.remove()
 
 
-def test_gradient_checkpointing_keeps_the_shared_prefix_exact(tokenizer, tiny_model):
+def test_sdpa_and_eager_attention_take_the_packed_forward(tokenizer):
+    """The packed forward runs where the attention reads a 4D mask: a boolean one for SDPA, an
+    additive one for eager attention (which adds it to the scores); both equal the flat forward.
+    Other attention (flash-attention) gets the prefix cache."""
+    batch = FORMATS["groups"].collate(_encoded(tokenizer, "groups"), tokenizer.pad_token_id)
+    for attention in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        model = tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+        model.config._attn_implementation = attention
+        assert response_forward.prefix_method(model) == "packed"
+        packed = response_logps(model, **batch.forward_inputs(), shared=True).logps
+        flat = response_logps(model, **batch.forward_inputs(), shared=False).logps
+        assert_close(packed, flat, rtol=1e-5, atol=1e-5)
+    model.config._attn_implementation = "flash_attention_2"
+    assert response_forward.prefix_method(model) == "cache"
+
+
+def test_packed_rows_hold_each_prompt_then_its_responses(tokenizer):
+    """The packed layout by hand: two prompts (lengths 2 and 3, left-padded to 3), prompt 0 with
+    two responses (lengths 2 and 1) given out of order, prompt 1 with one; blocks of T = 2."""
+    from lit_align.models.packing import pack
+
+    prompt_ids = torch.tensor([[0, 11, 12], [21, 22, 23]])
+    prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    response_ids = torch.tensor([[31, 32], [41, 0], [51, 52]])
+    response_mask = torch.tensor([[1, 1], [1, 0], [1, 1]])
+    packed = pack(prompt_ids, prompt_mask, response_ids, response_mask, torch.tensor([0, 1, 0]))
+    assert packed.input_ids.tolist() == [[0, 11, 12, 31, 32, 51, 52], [21, 22, 23, 41, 0, 0, 0]]
+    assert packed.position_ids.tolist() == [[0, 0, 1, 2, 3, 2, 3], [0, 1, 2, 3, 4, 3, 4]]
+    assert packed.rows.tolist() == [[0, 0], [1, 1], [0, 0]]
+    assert packed.columns.tolist() == [[2, 3], [2, 3], [2, 5]]  # before each token: prompt end, then own
+    mask = packed.attention_mask[0, 0].long().tolist()
+    assert mask[4] == [0, 1, 1, 1, 1, 0, 0]  # response 0's 2nd token: the prompt's real tokens, itself
+    assert mask[6] == [0, 1, 1, 0, 0, 1, 1]  # response 2's 2nd token: never response 0
+    assert packed.attention_mask[1, 0, 5].long().tolist() == [1, 1, 1, 0, 0, 1, 0]  # an empty block: prompt, itself
+
+
+def test_gradient_checkpointing_keeps_the_shared_prefix_exact(tokenizer, tiny_model, method):
     batch = FORMATS["pairs"].collate(_encoded(tokenizer, "pairs"), tokenizer.pad_token_id)
     plain = AlignModule(copy.deepcopy(tiny_model), DPO(sft_weight=1.0), tokenizer, optimizer=torch.optim.SGD)
     checkpointed = AlignModule(copy.deepcopy(tiny_model), DPO(sft_weight=1.0), tokenizer, optimizer=torch.optim.SGD,
@@ -268,7 +315,7 @@ def test_a_model_without_a_causal_cache_is_refused_in_one_line(tokenizer, tmp_pa
 
 
 @pytest.mark.parametrize("case", ["dpo-nll", "aft-ranking", "rm"])
-def test_shared_prefix_updates_are_invariant_to_micro_batching(tokenizer, tiny_model, case):
+def test_shared_prefix_updates_are_invariant_to_micro_batching(tokenizer, tiny_model, case, method):
     """One SGD step on three prompts (pairs, groups) as one micro-batch equals the same step in
     micro-batches of one prompt each: the shared forward's prompt sharing stays inside a
     micro-batch, and each loss is divided by the step's count."""
@@ -298,3 +345,13 @@ def test_shared_prefix_updates_are_invariant_to_micro_batching(tokenizer, tiny_m
         assert_close(params[1][name], p, rtol=1e-5, atol=1e-6, msg=name)
         moved += not torch.equal(p, dict(model.named_parameters())[name])
     assert moved >= len(params[0]) - 1  # every weight moved (a tied or unused embedding row aside)
+
+
+def test_packed_forward_in_bf16_autocast_is_close_to_the_flat_one(tokenizer, tiny_model):
+    batch = FORMATS["pairs"].collate(_encoded(tokenizer, "pairs"), tokenizer.pad_token_id)
+    assert response_forward.prefix_method(tiny_model) == "packed"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        packed = response_logps(tiny_model, **batch.forward_inputs(), shared=True).logps
+        flat = response_logps(tiny_model, **batch.forward_inputs(), shared=False).logps
+    assert packed.dtype == torch.float32
+    assert_close(packed, flat, rtol=0.0, atol=0.05)

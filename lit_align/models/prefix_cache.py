@@ -1,10 +1,12 @@
 """KV caches that let a training forward compute each prompt once for all of its responses.
 
-The shared-prefix forward (`lit_align.models.forward`) runs the model twice: over the ``P``
-distinct prompts, recording every layer's keys and values, then over the ``R`` responses, each
-attending to its prompt's recorded keys and values (selected by ``prompt_index``) and to its own
-tokens. Gradients flow back into the prompt pass through the recorded tensors, so the result is
-the flat forward's, with each prompt's tokens computed once instead of once per response.
+Where the attention takes no 4D mask (flash-attention), the shared-prefix forward
+(`lit_align.models.response_forward`; elsewhere it packs, `lit_align.models.packing`) runs the
+model twice: over the ``P`` distinct prompts, recording every layer's keys and values, then over
+the ``R`` responses, each attending to its prompt's recorded keys and values (selected by
+``prompt_index``) and to its own tokens. Gradients flow back into the prompt pass through the
+recorded tensors, so the result is the flat forward's, with each prompt's tokens computed once
+instead of once per response.
 
 Both caches are *idempotent*: recording overwrites, and the prefix cache returns
 ``cat(prefix, new)`` without storing it. Gradient checkpointing replays a layer's forward in

@@ -1,17 +1,23 @@
 """The training forward over prompts and their responses: log-probs of the response tokens only.
 
 A micro-batch is ``P`` prompts, left-padded ``(P, Lp)``, and ``R`` responses, right-padded
-``(R, T)``, response ``r`` continuing prompt ``prompt_index[r]``. Two ways to run it give the
+``(R, T)``, response ``r`` continuing prompt ``prompt_index[r]``. Three ways to run it give the
 same numbers:
 
-- **shared** (default): the prompts once, recording every layer's keys and values, then the
-  responses attending to their prompt's (`lit_align.models.prefix_cache`). A DPO pair computes
-  its prompt once instead of twice, an AFT group once instead of k + 1 times, a rollout once
-  instead of k times; gradients reach the prompt's computation through the cache.
+- **shared** (default), each prompt computed once for all of its responses — a DPO pair's
+  prompt once instead of twice, an AFT group's once instead of k + 1 times, a rollout's once
+  instead of k times — with gradients from every response meeting in the prompt's computation:
+  - *packed* (`lit_align.models.packing`), where the attention takes a 4D mask (``sdpa``,
+    ``eager``): one call over rows of a prompt followed by its responses, a block mask keeping
+    each response to its prompt and itself;
+  - *cache* (`lit_align.models.prefix_cache`), for other attention (flash-attention): the
+    prompts once, recording every layer's keys and values, then the responses reading them.
+  Packed is one model call instead of two and copies no keys or values per response; on every
+  shape `tools/bench.py` measures it is as fast or faster (docs/benchmarks.md).
 - **flat**: each response behind its own copy of its prompt, one forward (what TRL and most
-  trainers do); kept for comparison and for models whose attention cannot take a prefix cache.
+  trainers do); kept for comparison and for models that cannot share a prefix.
   A micro-batch with as many responses as prompts (SFT rows) has nothing to share, so it takes
-  this path even when sharing is on: the same tokens in one forward instead of two.
+  this path even when sharing is on: the same tokens in one forward.
 
 Either way the LM head runs only on the hidden state before each response token, in chunks
 (`lit_align.models.logps_head`): no ``(batch, seq, vocab)`` logits exist. The head is applied
@@ -31,6 +37,7 @@ from torch import Tensor, nn
 
 from lit_align.models.forward import position_ids
 from lit_align.models.logps_head import linear_logps
+from lit_align.models.packing import MASKED_ATTENTION, pack
 from lit_align.models.prefix_cache import prefix_cache, recording_cache
 from lit_align.models.sharding import decoder_layers
 
@@ -94,7 +101,7 @@ def response_logps(
         out["hidden"] = before if hidden else None
         return _scatter(logps, mask)
 
-    out["logps"] = _two_pass(model, prompt_ids, prompt_mask, response_ids, response_mask, prompt_index, shared,
+    out["logps"] = _forward(model, prompt_ids, prompt_mask, response_ids, response_mask, prompt_index, shared,
                              head=(head, scored))  # fmt: skip
     return ResponseOutput(out["logps"], out["entropy"], out["hidden"])
 
@@ -110,7 +117,7 @@ def response_hidden(
 ) -> Tensor:
     """``(R, T, hidden)``: a decoder trunk's (no LM head) final hidden state before each
     response token: a separate critic's input."""
-    return _two_pass(trunk, prompt_ids, prompt_mask, response_ids, response_mask, prompt_index, shared)
+    return _forward(trunk, prompt_ids, prompt_mask, response_ids, response_mask, prompt_index, shared)
 
 
 def response_scores(
@@ -141,7 +148,7 @@ def response_scores(
 # -- the two passes -------------------------------------------------------------------------------
 
 
-def _two_pass(
+def _forward(
     model: nn.Module,
     prompt_ids: Tensor,
     prompt_mask: Tensor,
@@ -161,6 +168,8 @@ def _two_pass(
         if state["pass"] == "flat":
             width = prompt_ids.shape[1]
             return h[:, width - 1 : width - 1 + response_ids.shape[1]]
+        if state["pass"] == "packed":
+            return h[state["packed"].rows, state["packed"].columns]  # (P, L, hidden) → (R, T, hidden)
         first = state["last_prompt"].index_select(0, prompt_index)  # (R, 1, hidden)
         return torch.cat([first, h[:, :-1]], dim=1)
 
@@ -178,6 +187,13 @@ def _two_pass(
         state["pass"] = "flat"
         ids, attention, positions = _flat_inputs(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
         return run({"input_ids": ids, "attention_mask": attention, "position_ids": positions, "use_cache": False})
+    if prefix_method(model) == "packed":
+        eager = _unwrap(model).config._attn_implementation == "eager"
+        packed = pack(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index,
+                      additive=next(model.parameters()).dtype if eager else None)  # fmt: skip
+        state["pass"], state["packed"] = "packed", packed
+        return run({"input_ids": packed.input_ids, "attention_mask": packed.attention_mask,
+                    "position_ids": packed.position_ids, "use_cache": False})  # fmt: skip
     cache = recording_cache()
     with _cache_under_checkpointing(model):
         state["pass"] = "prompt"
@@ -185,6 +201,13 @@ def _two_pass(
         state["last_prompt"] = last[:, -1:]
         state["pass"] = "responses"
         return run(_response_inputs(model, prompt_mask, response_ids, response_mask, prompt_index, cache))
+
+
+def prefix_method(model: nn.Module) -> str:
+    """How the shared forward runs: ``packed`` (`lit_align.models.packing`: one call, a block
+    mask) where the attention takes a 4D mask, else ``cache`` (a prompt pass, then a response
+    pass reading its keys and values)."""
+    return "packed" if _unwrap(model).config._attn_implementation in MASKED_ATTENTION else "cache"
 
 
 def _shares(prompt_ids: Tensor, prompt_index: Tensor) -> bool:

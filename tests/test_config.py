@@ -72,15 +72,12 @@ def test_incompatible_combinations_are_refused_in_one_line(tmp_path):
     validate(make_cfg(tmp_path, "objective=dpo", "rollout=online"))  # without it: fine
 
 
-@pytest.mark.parametrize("data", [[], ["data=preference", "data.source=x.jsonl"]], ids=["arith", "pairs"])
-def test_kto_is_refused_with_online_sampling(tmp_path, data):
-    """Online sampling makes no labelled single responses: refused before anything is built.
-    SimPO and ORPO learn from pairs, which online sampling makes (tests/test_online.py)."""
-    with pytest.raises(ConfigError, match=r"^objective=kto learns from labelled single responses .*set rollout=none"):
-        validate(make_cfg(tmp_path, "objective=kto", "rollout=online", *data))
-    validate(make_cfg(tmp_path, "objective=kto", *data))  # offline: fine
-    for objective in ("simpo", "orpo"):
+def test_every_offline_preference_objective_takes_online_sampling(tmp_path):
+    """Online sampling makes pairs (DPO, SimPO, ORPO) and labelled single samples (KTO)
+    (tests/test_online.py)."""
+    for objective in ("kto", "simpo", "orpo"):
         validate(make_cfg(tmp_path, f"objective={objective}", "rollout=online"))
+        validate(make_cfg(tmp_path, f"objective={objective}"))  # offline: fine
 
 
 @pytest.mark.parametrize(

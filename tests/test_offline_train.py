@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader
 from lit_align.data.arith import ArithDataModule
 from lit_align.data.collate import StepCollator, encode_pair
 from lit_align.data.files import PreferenceDataModule
-from lit_align.data.formats import FORMATS, mismatched_responses
+from lit_align.data.formats import FORMATS
 from lit_align.data.rows import BadRow
 from lit_align.data.unpaired import UnpairedDataModule
+from lit_align.data.unpaired_format import mismatched_responses
 from lit_align.module import AlignModule
 from lit_align.objectives.kto import KTO
 from lit_align.objectives.orpo import ORPO

@@ -58,10 +58,21 @@ def test_sft_keeps_passing_samples_only():
     assert {r["prompt_len"] for r in rows} == {2}
     with pytest.raises(ValueError, match="3 prompts × 2 samples"):
         rows_from_samples("sft", PROMPTS, SAMPLES[:5], [1.0] * 5, num_samples=2)
-    with pytest.raises(NotImplementedError, match="online sampling makes no unpaired rows"):
-        rows_from_samples("unpaired", PROMPTS, SAMPLES, [1.0] * 6, num_samples=2)
+    with pytest.raises(NotImplementedError, match="online sampling makes no rollout rows"):
+        rows_from_samples("rollout", PROMPTS, SAMPLES, [1.0] * 6, num_samples=2)
     with pytest.raises(ValueError, match="unknown batch format 'triples'"):
         rows_from_samples("triples", PROMPTS, SAMPLES, [1.0] * 6, num_samples=2)
+
+
+def test_unpaired_rows_label_every_scorable_sample():
+    """Online KTO: each scorable sample is a row, desirable when its reward reaches the threshold;
+    references are not used; a mismatched response is assigned when the split is served."""
+    rows = rows_from_samples("unpaired", PROMPTS, SAMPLES, [1.0, 0.0, None, None, 0.5, 1.0], num_samples=2,
+                             references=[[20, 2], [21, 2], [22, 2]])  # fmt: skip
+    assert [(r["input_ids"], r["label"]) for r in rows] == [
+        ([1, 5, 10, 2], True), ([1, 5, 11, 2], False), ([1, 7, 14, 2], False), ([1, 7, 15], True)
+    ]  # fmt: skip
+    assert {r["prompt_len"] for r in rows} == {2}
 
 
 def test_references_join_groups_and_sft_rows():
@@ -220,9 +231,10 @@ def test_iterative_resampling_refreshes_every_epoch(tmp_path):
     [
         (["objective=dpo", "init=none"], "rewards/accuracies"),  # online DPO: best vs worst sample
         (["objective=sft", "rollout.threshold=8"], "train/loss"),  # rejection sampling: samples of 8+ chars
-        # SimPO and ORPO take the same best-vs-worst pairs (KTO is refused: tests/test_config.py).
+        # SimPO and ORPO take the same best-vs-worst pairs; KTO every sample, labelled.
         pytest.param(["objective=simpo", "init=none"], "rewards/accuracies", marks=pytest.mark.slow),
         pytest.param(["objective=orpo", "init=none"], "rewards/accuracies", marks=pytest.mark.slow),
+        pytest.param(["objective=kto", "init=none", "rollout.threshold=8"], "kto/kl", marks=pytest.mark.slow),
     ],
 )
 def test_online_dpo_and_rejection_sampling(tmp_path, overrides, metric):

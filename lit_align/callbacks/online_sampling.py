@@ -39,14 +39,6 @@ def check_sampling(
             "objective.precompute_ref=true scores fixed pairs once before training, but rollout=online "
             "makes new pairs from the policy: set objective.precompute_ref=false (a reference model is kept)"
         )
-    if batch_format == "unpaired":
-        # Online sampling makes pairs, groups, SFT rows or rollouts from rewards; a thumbs-up or
-        # down per response is not among them, and `rows_from_samples` would fail only after the
-        # SFT stage and the first generation.
-        raise ConfigError(
-            f"{objective} learns from labelled single responses in the data (data=unpaired, or pairs unpaired), "
-            "which online sampling does not make: set rollout=none (simpo, orpo and dpo take online pairs)"
-        )
     if batch_format != "rollout":
         return
     if not every_n_epochs:

@@ -35,7 +35,6 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.chat import encode_conversation, render_chat
 from lit_align.data.datamodule import AlignDataModule
-from lit_align.data.formats import unpair
 from lit_align.data.rows import (
     BadRow,
     DataError,
@@ -48,6 +47,7 @@ from lit_align.data.rows import (
     text_field,
     wrong_type,
 )
+from lit_align.data.unpaired_format import unpair
 
 OnBadRow = Literal["error", "skip"]
 OnEmpty = Literal["skip", "error"]

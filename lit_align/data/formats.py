@@ -2,9 +2,9 @@
 batch (`lit_align.data.batch`).
 
 An objective names its format (``Objective.row_format``); the datamodule encodes rows with it
-and its ``collate`` builds every micro-batch. A new format is a class here (or beside its
-objective) with ``name``, ``encode`` and ``collate``, and ``from_samples`` if online sampling
-makes its rows.
+and its ``collate`` builds every micro-batch. A new format is a `RowFormat`
+(`lit_align.data.row_format`) in its own file, as KTO's unpaired rows are
+(`lit_align.data.unpaired_format`), registered in ``FORMATS`` here.
 
 Encoded rows are what the datasets store (token id lists, one per response, and the prompt
 length); rollout rows are made by online sampling already as tensors and only collated.
@@ -13,84 +13,15 @@ length); rollout rows are made by online sampling already as tensors and only co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from lit_align.data.batch import GroupBatch, PairBatch, Responses, RolloutBatch, SFTBatch, UnpairedBatch
-from lit_align.data.collate import encode_group, encode_pair, encode_prompt_response, pad
-
-Row = dict[str, Any]
-Scored = tuple[Sequence[int], float]  # a sample's ids and its reward
-
-
-class RowFormat:
-    """How one kind of training row is encoded and collated."""
-
-    name: ClassVar[str]
-
-    def encode(self, tokenizer: PreTrainedTokenizerBase, row: Row, max_prompt_length: int, max_length: int) -> Row:
-        raise NotImplementedError(f"{self.name} rows are not encoded from text")
-
-    def collate(self, rows: Sequence[Row], pad_id: int) -> Responses:
-        raise NotImplementedError
-
-    def from_samples(
-        self, prompt: list[int], scored: Sequence[Scored], references: Sequence[Sequence[int]], threshold: float,
-        max_length: int | None, prompt_truncated: bool,
-    ) -> list[Row]:  # fmt: skip
-        """This format's encoded rows from one prompt's samples, as online sampling draws them
-        (`lit_align.rollout.buffer`): ``prompt`` its ids, ``scored`` its scorable samples'
-        ``(ids up to and including eos, reward)``, ``references`` its gold responses' ids (none,
-        or one), ``threshold`` the reward of a correct sample, ``max_length`` a sequence's longest."""
-        raise NotImplementedError(f"online sampling makes no {self.name} rows")
-
-    def split_columns(self, split: Any) -> dict[str, list[Any]]:
-        """Columns a row takes from the other rows of its split (KTO's mismatched responses),
-        added once when the encoded split is built: a step, a micro-batch or a rank sees only
-        some rows, so what depends on the others is fixed before any of them is served.
-        ``split``: the encoded columns by name (a ``datasets.Dataset`` or a dict of lists)."""
-        return {}
-
-
-def join_response(prompt: list[int], response: Sequence[int], max_length: int | None) -> tuple[list[int], bool]:
-    """``prompt + response``, the response cut to fit ``max_length``; and whether it was cut."""
-    room = len(response) if max_length is None else max(max_length - len(prompt), 0)
-    return prompt + list(response[:room]), len(response) > room
-
-
-def split_prompt(ids: Sequence[int], prompt_len: int) -> tuple[list[int], list[int]]:
-    """``ids`` cut into (prompt, response) at ``prompt_len``; a row without prompt tokens lends
-    its first token to the prompt (a first token has nothing before it to be predicted from)."""
-    cut = max(prompt_len, 1)
-    return list(ids[:cut]), list(ids[cut:])
-
-
-def responses_tensors(
-    prompts: Sequence[Sequence[int]],
-    responses: Sequence[Sequence[int]],
-    prompt_index: Sequence[int],
-    pad_id: int,
-    loss_masks: Sequence[Sequence[int]] | None = None,
-) -> dict[str, Tensor]:
-    """The fields of `Responses`: prompts left-padded, responses right-padded (at least one
-    column, so a batch of empty responses still has a shape)."""
-    prompt_ids, prompt_mask = pad([p or [pad_id] for p in prompts], pad_id, left=True)
-    for i, p in enumerate(prompts):
-        if not p:
-            prompt_mask[i] = 0
-    response_ids, response_mask = pad([r or [pad_id] for r in responses], pad_id)
-    for i, r in enumerate(responses):
-        if not r:
-            response_mask[i] = 0
-    loss_mask = response_mask.clone()
-    if loss_masks is not None:
-        loss_mask = pad([m or [0] for m in loss_masks], 0)[0] * response_mask
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
-            "response_mask": response_mask, "loss_mask": loss_mask,
-            "prompt_index": torch.tensor(prompt_index, dtype=torch.long)}  # fmt: skip
+from lit_align.data.batch import GroupBatch, PairBatch, RolloutBatch, SFTBatch
+from lit_align.data.collate import encode_group, encode_pair, encode_prompt_response
+from lit_align.data.row_format import Row, RowFormat, Scored, join_response, responses_tensors, split_prompt
+from lit_align.data.unpaired_format import UnpairedFormat
 
 
 class SFTFormat(RowFormat):
@@ -198,59 +129,6 @@ class GroupFormat(RowFormat):
         labels = {key: torch.tensor([v for r in rows for v in r[key]], dtype=torch.long)
                   for key in ("correct", "rank", "reference")}  # fmt: skip
         return GroupBatch(**responses_tensors(prompts, responses, index, pad_id), **labels)
-
-
-class UnpairedFormat(RowFormat):
-    """``prompt``, ``completion``, ``label`` (bool) → one prompt with one response, and the same
-    prompt with a mismatched response for KTO's KL reference point.
-
-    The mismatched responses are assigned over the whole split (`split_columns`), once, before
-    it is shuffled into steps: a row's is then the same whichever step, micro-batch or rank serves
-    it, so z₀ does not depend on micro-batching or on the device count. Assigning them within
-    each step's rows would not do: a rank holds only its share of the step, and the share depends
-    on the number of ranks. TRL's KTO trainer also pairs over the dataset before shuffling
-    (``trl/trainer/kto_trainer.py``, ``add_kl_completion_ids`` mapped in chunks of the per-device
-    batch size, ``[c[-1]] + c[:-1]``); see `mismatched_responses` for which row lends its own.
-    """
-
-    name = "unpaired"
-
-    def encode(self, tokenizer: PreTrainedTokenizerBase, row: Row, max_prompt_length: int, max_length: int) -> Row:
-        encoded = encode_prompt_response(tokenizer, row["prompt"], row["completion"], max_prompt_length, max_length)
-        return {**encoded, "label": bool(row["label"])}
-
-    def split_columns(self, split: Any) -> dict[str, list[Any]]:
-        return {"kl_response": mismatched_responses(split["input_ids"], split["prompt_len"])}
-
-    def collate(self, rows: Sequence[Row], pad_id: int) -> UnpairedBatch:
-        if rows and "kl_response" not in rows[0]:  # rows not from a split: they are their own split
-            kl = mismatched_responses([r["input_ids"] for r in rows], [r["prompt_len"] for r in rows])
-            rows = [{**row, "kl_response": response} for row, response in zip(rows, kl, strict=True)]
-        split = [split_prompt(r["input_ids"], r["prompt_len"]) for r in rows]
-        fields = responses_tensors([p for p, _ in split], [s for _, s in split], range(len(rows)), pad_id)
-        kl_ids, kl_mask = pad([r["kl_response"] or [pad_id] for r in rows], pad_id)
-        for i, r in enumerate(rows):
-            if not r["kl_response"]:
-                kl_mask[i] = 0
-        desirable = torch.tensor([bool(r["label"]) for r in rows], dtype=torch.bool)
-        return UnpairedBatch(**fields, desirable=desirable, kl_response_ids=kl_ids, kl_response_mask=kl_mask)
-
-
-def mismatched_responses(input_ids: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[int]]:
-    """For each of ``n`` encoded rows, the response of row ``(i + n // 2) mod n``: half the split
-    away, so that the two rows a preference pair is unpaired into (adjacent, one prompt) never
-    lend each other their response, as a shift by one would (TRL's ``unpair_preference_dataset``
-    puts a batch's chosen rows before its rejected ones instead). One row keeps its own."""
-    responses = [split_prompt(ids, n)[1] for ids, n in zip(input_ids, prompt_lens, strict=True)]
-    return [responses[(i + len(responses) // 2) % len(responses)] for i in range(len(responses))]
-
-
-def unpair(row: Row) -> list[Row]:
-    """A preference pair as two unpaired rows: the chosen response desirable, the rejected one
-    not (as TRL's ``unpair_preference_dataset``). Other fields stay with both."""
-    rest = {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
-    return [{**rest, "completion": row["chosen"], "label": True},
-            {**rest, "completion": row["rejected"], "label": False}]  # fmt: skip
 
 
 ROLLOUT_TENSORS = ("old_logps", "ref_logps", "advantages", "returns", "old_values")

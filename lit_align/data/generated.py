@@ -10,7 +10,7 @@ from datasets import Dataset, DatasetDict
 
 from lit_align.data.chat import chat_prompt
 from lit_align.data.datamodule import AlignDataModule, map_rows
-from lit_align.data.formats import unpair
+from lit_align.data.unpaired_format import unpair
 
 
 class GeneratedTaskDataModule(AlignDataModule):

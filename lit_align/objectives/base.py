@@ -6,7 +6,8 @@ from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
-from lit_align.data.formats import FORMATS, RowFormat
+from lit_align.data.formats import FORMATS
+from lit_align.data.row_format import RowFormat
 
 
 class ObjectiveOutput(NamedTuple):

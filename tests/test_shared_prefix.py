@@ -236,7 +236,8 @@ def test_sdpa_and_eager_attention_take_the_packed_forward(tokenizer):
 
 def test_packed_rows_hold_each_prompt_then_its_responses(tokenizer):
     """The packed layout by hand: two prompts (lengths 2 and 3, left-padded to 3), prompt 0 with
-    two responses (lengths 2 and 1) given out of order, prompt 1 with one; blocks of T = 2."""
+    responses 0 and 2 (lengths 2 and 2; given out of order), prompt 1 with response 1 (length 1):
+    each row the prompt, then its responses back to back, right-padded to the longest row."""
     from lit_align.models.packing import pack
 
     prompt_ids = torch.tensor([[0, 11, 12], [21, 22, 23]])
@@ -245,7 +246,7 @@ def test_packed_rows_hold_each_prompt_then_its_responses(tokenizer):
     response_mask = torch.tensor([[1, 1], [1, 0], [1, 1]])
     packed = pack(prompt_ids, prompt_mask, response_ids, response_mask, torch.tensor([0, 1, 0]))
     assert packed.input_ids.tolist() == [[0, 11, 12, 31, 32, 51, 52], [21, 22, 23, 41, 0, 0, 0]]
-    assert packed.position_ids.tolist() == [[0, 0, 1, 2, 3, 2, 3], [0, 1, 2, 3, 4, 3, 4]]
+    assert packed.position_ids.tolist() == [[0, 0, 1, 2, 3, 2, 3], [0, 1, 2, 3, 0, 0, 0]]
     assert packed.rows.tolist() == [[0, 0], [1, 1], [0, 0]]
     assert packed.columns.tolist() == [[2, 3], [2, 3], [2, 5]]  # before each token: prompt end, then own
     mask = packed.attention_mask[0, 0].long().tolist()
@@ -345,6 +346,19 @@ def test_shared_prefix_updates_are_invariant_to_micro_batching(tokenizer, tiny_m
         assert_close(params[1][name], p, rtol=1e-5, atol=1e-6, msg=name)
         moved += not torch.equal(p, dict(model.named_parameters())[name])
     assert moved >= len(params[0]) - 1  # every weight moved (a tied or unused embedding row aside)
+
+
+def test_flat_rows_pad_to_the_longest_prompt_plus_response(tokenizer):
+    """The flat layout by hand (the rows of the packed test): each prompt + response right-padded
+    as one sequence, 4 columns (the longest prompt + response), not 3 + 2."""
+    from lit_align.models.packing import flat_rows
+
+    flat = flat_rows(torch.tensor([[0, 11, 12], [21, 22, 23]]), torch.tensor([[0, 1, 1], [1, 1, 1]]),
+                     torch.tensor([[31, 32], [41, 0], [51, 52]]), torch.tensor([[1, 1], [1, 0], [1, 1]]),
+                     torch.tensor([0, 1, 0]))  # fmt: skip
+    assert flat.input_ids.tolist() == [[11, 12, 31, 32], [21, 22, 23, 41], [11, 12, 51, 52]]
+    assert flat.attention_mask.tolist() == [[1, 1, 1, 1]] * 3
+    assert flat.columns.tolist() == [[1, 2], [2, 3], [1, 2]]  # before each response token
 
 
 def test_packed_forward_in_bf16_autocast_is_close_to_the_flat_one(tokenizer, tiny_model):

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from lit_align.models.forward import position_ids
 from lit_align.models.logps_head import linear_logps
-from lit_align.models.packing import MASKED_ATTENTION, pack
+from lit_align.models.packing import MASKED_ATTENTION, flat_rows, pack
 from lit_align.models.prefix_cache import prefix_cache, recording_cache
 from lit_align.models.sharding import decoder_layers
 
@@ -132,12 +132,8 @@ def response_scores(
     """``(R,)`` a one-label sequence classifier's score of each prompt + response, read at the
     response's last token (the classifier's own pooling: its last non-pad token)."""
     if not shared or not _shares(prompt_ids, prompt_index):
-        ids, attention, positions = _flat_inputs(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
-        return (
-            classifier(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
-            .logits[:, 0]
-            .float()
-        )
+        flat = flat_rows(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
+        return classifier(input_ids=flat.input_ids, use_cache=False).logits[:, 0].float()  # at its last non-pad
     cache = recording_cache()
     with _cache_under_checkpointing(classifier):
         classifier(**_prompt_inputs(classifier, prompt_ids, prompt_mask, cache))
@@ -166,8 +162,8 @@ def _forward(
         if state["pass"] == "prompt":
             return h  # (P, 1, hidden): the last prompt position, kept by logits_to_keep=1
         if state["pass"] == "flat":
-            width = prompt_ids.shape[1]
-            return h[:, width - 1 : width - 1 + response_ids.shape[1]]
+            columns = state["flat"].columns
+            return h[torch.arange(columns.shape[0], device=h.device)[:, None], columns]  # (R, W, ·) → (R, T, ·)
         if state["pass"] == "packed":
             return h[state["packed"].rows, state["packed"].columns]  # (P, L, hidden) → (R, T, hidden)
         first = state["last_prompt"].index_select(0, prompt_index)  # (R, 1, hidden)
@@ -184,9 +180,9 @@ def _forward(
 
     keep = {"logits_to_keep": 1} if head is not None else {}
     if not shared or not _shares(prompt_ids, prompt_index):
-        state["pass"] = "flat"
-        ids, attention, positions = _flat_inputs(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
-        return run({"input_ids": ids, "attention_mask": attention, "position_ids": positions, "use_cache": False})
+        flat = flat_rows(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
+        state["pass"], state["flat"] = "flat", flat
+        return run({"input_ids": flat.input_ids, "use_cache": False})  # right-padded: causal is exact
     if prefix_method(model) == "packed":
         eager = _unwrap(model).config._attn_implementation == "eager"
         packed = pack(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index,
@@ -230,16 +226,6 @@ def _response_inputs(
     attention = torch.cat([prompt_mask.index_select(0, prompt_index), response_mask.to(prompt_mask.dtype)], dim=1)
     return {"input_ids": response_ids, "attention_mask": attention, "position_ids": positions,
             _cache_argument(model): prefix_cache(cache, prompt_index), "use_cache": True}  # fmt: skip
-
-
-def _flat_inputs(
-    prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor, response_mask: Tensor, prompt_index: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Each response behind its own copy of its left-padded prompt: ``(R, Lp + T)`` ids, mask
-    and positions (counting real tokens only, so the padding in the middle costs nothing)."""
-    ids = torch.cat([prompt_ids.index_select(0, prompt_index), response_ids], dim=1)
-    attention = torch.cat([prompt_mask.index_select(0, prompt_index), response_mask.to(prompt_mask.dtype)], dim=1)
-    return ids, attention, position_ids(attention)
 
 
 def _scatter(values: Tensor, mask: Tensor) -> Tensor:

@@ -234,3 +234,15 @@ def test_quick_bench_writes_table_and_plots(tmp_path):
     assert text.count("| sft | tiny |") >= 2 and text.count("| grpo | tiny |") >= 2 and "## Scaling" in text
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(bench.main_table_specs(quick=True)) + 8
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_forward_comparison_runs_the_three_forwards_on_one_batch(monkeypatch, capsys):
+    import bench_forward
+
+    monkeypatch.setattr(sys, "argv", ["bench_forward.py", "aft", "--batch-size", "2", "--repeats", "2"])
+    bench_forward.main()
+    out = capsys.readouterr().out
+    for method in ("cache", "packed"):
+        difference = float(out.split(f"{method}: max |log-prob − flat| ")[1].split()[0])
+        assert difference < 1e-5
+    assert "forward + backward: flat" in out

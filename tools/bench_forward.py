@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from bench_setup import Spec, build_model, datamodule, prepare, tokenizer
 
-from lit_align.data.formats import FORMATS
 from lit_align.models import response_forward
 from lit_align.models.response_forward import response_logps
 
@@ -34,7 +33,7 @@ def first_batch(spec: Spec, tok):
     return next(iter(dm.train_dataloader()))[0]  # the step's only micro-batch
 
 
-def run(model, inputs: dict, method: str, grad: bool) -> torch.Tensor:
+def run(model, inputs: dict, method: str) -> torch.Tensor:
     if method == "flat":
         return response_logps(model, **inputs, shared=False).logps
     original = response_forward.prefix_method
@@ -61,9 +60,10 @@ def main() -> None:
     inputs = first_batch(spec, tok).forward_inputs()
     methods = ("flat", "cache", "packed")
     with torch.no_grad():
-        flat = run(model, inputs, "flat", grad=False)
+        flat = run(model, inputs, "flat")
         for method in methods[1:]:
-            print(f"{method}: max |log-prob − flat| {float((run(model, inputs, method, False) - flat).abs().max()):.2e}")
+            difference = float((run(model, inputs, method) - flat).abs().max())
+            print(f"{method}: max |log-prob − flat| {difference:.2e}")
     print(f"prompts {tuple(inputs['prompt_ids'].shape)}, responses {tuple(inputs['response_ids'].shape)}")
     for grad in (True, False):
         times: dict[str, list[float]] = {m: [] for m in methods}
@@ -71,13 +71,14 @@ def main() -> None:
             for method in methods:
                 began = time.perf_counter()
                 with torch.set_grad_enabled(grad):
-                    logps = run(model, inputs, method, grad)
+                    logps = run(model, inputs, method)
                     if grad:
                         logps.sum().backward()
                 times[method].append(time.perf_counter() - began)
         medians = {m: 1000 * statistics.median(t[1:]) for m, t in times.items()}  # the first: warm-up
         label = "forward + backward" if grad else "no-grad forward"
-        print(f"{label}: " + ", ".join(f"{m} {ms:.1f} ms ({ms / medians['flat']:.2f} of flat)" for m, ms in medians.items()))
+        shares = (f"{m} {ms:.1f} ms ({ms / medians['flat']:.2f} of flat)" for m, ms in medians.items())
+        print(f"{label}: " + ", ".join(shares))
 
 
 if __name__ == "__main__":

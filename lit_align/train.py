@@ -93,6 +93,8 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
     # Lightning logs by global step; an online run's short epochs (one rollout each) still log.
     warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+    # The frozen reference (and the critic's frozen parts) are in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     objective = instantiate(cfg.objective)

@@ -158,3 +158,14 @@ def test_precomputed_reference_matches_a_live_reference(tmp_path):
     assert cached["final"]["rewards/margins"] == pytest.approx(live["final"]["rewards/margins"], abs=1e-5)
     ckpt = torch.load(tmp_path / "live" / "checkpoints" / "last.ckpt", weights_only=True)
     assert not any(k.startswith("reference.") for k in ckpt["state_dict"])
+
+
+def test_a_frozen_reference_in_eval_mode_is_not_warned_about(tmp_path):
+    """DPO's reference is in eval mode on purpose: Lightning's warning about modules in eval mode
+    at the start of training is noise on every run that keeps one."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(make_cfg(tmp_path, "objective=dpo", "init=none", "trainer.max_steps=1"))
+    assert not [w for w in caught if "in eval mode" in str(w.message)]

@@ -304,6 +304,24 @@ def test_best_of_n_scoring_shares_the_prompt(tokenizer, tiny_model):
     assert_close(shared.logps, flat.logps, rtol=1e-5, atol=1e-6)
 
 
+def test_an_encoder_reward_model_scores_flat_rows_as_each_sequence_alone(tokenizer, tmp_path):
+    """An encoder attends both ways, so its flat rows keep the padding mask (a causal decoder's
+    run without one): each pair's scores equal each prompt + response scored alone."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lit_align.models.response_forward import response_scores
+    from tests.fixtures_models import save_tiny_deberta_rm
+
+    deberta = AutoModelForSequenceClassification.from_pretrained(save_tiny_deberta_rm(tmp_path / "rm")).eval()
+    batch = FORMATS["pairs"].collate(_encoded(tokenizer, "pairs"), tokenizer.pad_token_id)
+    scores = response_scores(deberta, **batch.forward_inputs(), shared=False)
+    for r in range(batch.num_responses):
+        p = int(batch.prompt_index[r])
+        seq = torch.cat([batch.prompt_ids[p][batch.prompt_mask[p].bool()],
+                         batch.response_ids[r][batch.response_mask[r].bool()]])[None]  # fmt: skip
+        assert_close(scores[r], deberta(input_ids=seq).logits[0, 0].float(), rtol=1e-5, atol=1e-5)
+
+
 def test_a_model_without_a_causal_cache_is_refused_in_one_line(tokenizer, tmp_path):
     from transformers import AutoModelForSequenceClassification
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from lit_align.models.forward import position_ids
 from lit_align.models.logps_head import linear_logps
-from lit_align.models.packing import MASKED_ATTENTION, flat_rows, pack
+from lit_align.models.packing import MASKED_ATTENTION, Flat, flat_rows, pack
 from lit_align.models.prefix_cache import prefix_cache, recording_cache
 from lit_align.models.sharding import decoder_layers
 
@@ -133,7 +133,7 @@ def response_scores(
     response's last token (the classifier's own pooling: its last non-pad token)."""
     if not shared or not _shares(prompt_ids, prompt_index):
         flat = flat_rows(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
-        return classifier(input_ids=flat.input_ids, use_cache=False).logits[:, 0].float()  # at its last non-pad
+        return classifier(**_flat_call(classifier, flat)).logits[:, 0].float()  # at its last non-pad
     cache = recording_cache()
     with _cache_under_checkpointing(classifier):
         classifier(**_prompt_inputs(classifier, prompt_ids, prompt_mask, cache))
@@ -182,7 +182,7 @@ def _forward(
     if not shared or not _shares(prompt_ids, prompt_index):
         flat = flat_rows(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index)
         state["pass"], state["flat"] = "flat", flat
-        return run({"input_ids": flat.input_ids, "use_cache": False})  # right-padded: causal is exact
+        return run(_flat_call(model, flat))
     if prefix_method(model) == "packed":
         eager = _unwrap(model).config._attn_implementation == "eager"
         packed = pack(prompt_ids, prompt_mask, response_ids, response_mask, prompt_index,
@@ -204,6 +204,16 @@ def prefix_method(model: nn.Module) -> str:
     mask) where the attention takes a 4D mask, else ``cache`` (a prompt pass, then a response
     pass reading its keys and values)."""
     return "packed" if _unwrap(model).config._attn_implementation in MASKED_ATTENTION else "cache"
+
+
+def _flat_call(model: nn.Module, flat: Flat) -> dict[str, Any]:
+    """A causal decoder (one that takes a KV cache) gets the right-padded rows alone: causal
+    attention is exact for their real tokens, and SDPA runs without a mask. Any other model
+    (an encoder reward model) gets the padding mask: its tokens would read the padding."""
+    inputs: dict[str, Any] = {"input_ids": flat.input_ids, "use_cache": False}
+    if _cache_argument(model) is None:
+        inputs = {"input_ids": flat.input_ids, "attention_mask": flat.attention_mask}
+    return inputs
 
 
 def _shares(prompt_ids: Tensor, prompt_index: Tensor) -> bool:

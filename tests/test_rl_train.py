@@ -145,4 +145,5 @@ def test_ddp_rloo_and_ppo(tmp_path):
         _cli(f"objective={objective}", *RL, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
              "trainer.max_steps=2", f"hydra.run.dir={tmp_path / objective}")  # fmt: skip
         summary = json.loads((tmp_path / objective / "summary.json").read_text())
-        assert summary["final"]["rollout/buffer_rows"] == 16 and summary["steps"] == 2
+        assert summary["final"]["rollout/buffer_rows"] == 4  # prompts, 4 samples each (both ranks' shards)
+        assert summary["steps"] == 2

@@ -160,6 +160,8 @@ def test_each_workload_is_saved_as_it_finishes(tmp_path, monkeypatch):
     assert [(line["table"], line["spec"]["workload"]) for line in lines] == [("main", "rloo")]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["spec"]["workload"] for r in saved["results"]] == ["sft", "rloo"]
+    workload_lines = [line for line in (tmp_path / "results.json").read_text().splitlines() if '"spec"' in line]
+    assert len(workload_lines) == 2  # one line per workload: a rerun's diff is its own workloads
     text = (tmp_path / "results.md").read_text()
     assert "| sft | tiny | lit_align | 500 |" in text and "| rloo | tiny | bare PyTorch | 2000 |" in text
 

@@ -270,6 +270,16 @@ def plot(results: list[dict], scaling: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def results_json(results: list[dict], scaling: list[dict], wall: float) -> str:
+    """results.json with one workload per line: a rerun's diff is the lines of the workloads it
+    measured (an indented dump puts every timed step on a line of its own)."""
+
+    def lines(items: list[dict]) -> str:
+        return "[\n" + ",\n".join(json.dumps(item) for item in items) + "\n]" if items else "[]"
+
+    return f'{{"results": {lines(results)},\n"scaling": {lines(scaling)},\n"wall_s": {json.dumps(wall)}}}\n'
+
+
 class Results:
     """The run's results so far, written after each workload: a line appended to results.jsonl,
     results.json and results.md rewritten. A partial run (``--only``) replaces its workloads in
@@ -302,9 +312,7 @@ class Results:
     def write(self) -> str:
         """Rewrites results.json and results.md; returns the Markdown."""
         results, scaling, wall = self.merged()
-        (self.out / "results.json").write_text(
-            json.dumps({"results": results, "scaling": scaling, "wall_s": wall}, indent=1)
-        )
+        (self.out / "results.json").write_text(results_json(results, scaling, wall))
         header = f"# tools/bench.py: {len(results)} workloads, {wall:.0f} s"
         if self.old is not None:  # say which rows are this run's: their conditions may differ
             names = ", ".join(Spec(**r["spec"]).name for r in self.results)

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lit_align.models.forward import position_ids
+
 # transformers' attention implementations that read a custom 4D mask as given.
 MASKED_ATTENTION = ("sdpa", "eager")
 
@@ -86,7 +88,7 @@ def pack(
     owner[:, :width] = -1
     owner[at] = torch.arange(num_responses, device=device)[:, None].expand(-1, length)[real_response]
     positions = torch.zeros(num_prompts, total, dtype=torch.long, device=device)
-    positions[:, :width] = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions[:, :width] = position_ids(prompt_mask)
     prompt_lengths = prompt_mask.long().sum(-1)
     positions[at] = (prompt_lengths[prompt_index][:, None] + steps)[real_response]
 
@@ -109,8 +111,8 @@ def pack(
 class Flat(NamedTuple):
     """Each response behind its own copy of its prompt, right-padded as one sequence: ``(R, W)``
     ids and real-token mask, ``W`` the longest prompt + response; and ``columns`` ``(R, T)``,
-    where the hidden state before each response token lies. Real tokens start every row, so
-    causal attention alone is exact for them: the model needs no mask and no positions."""
+    where the hidden state before each response token lies. Real tokens start every row, so for
+    a causal model attention alone is exact for them: it needs no mask and no positions."""
 
     input_ids: Tensor
     attention_mask: Tensor

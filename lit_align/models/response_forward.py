@@ -27,6 +27,7 @@ hooks on the root module gather and reduce its weight as usual.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -141,7 +142,7 @@ def response_scores(
         return classifier(**inputs).logits[:, 0].float()
 
 
-# -- the two passes -------------------------------------------------------------------------------
+# -- the forward: flat, packed or through the prefix cache ---------------------------------------
 
 
 def _forward(
@@ -210,10 +211,9 @@ def _flat_call(model: nn.Module, flat: Flat) -> dict[str, Any]:
     """A causal decoder (one that takes a KV cache) gets the right-padded rows alone: causal
     attention is exact for their real tokens, and SDPA runs without a mask. Any other model
     (an encoder reward model) gets the padding mask: its tokens would read the padding."""
-    inputs: dict[str, Any] = {"input_ids": flat.input_ids, "use_cache": False}
     if _cache_argument(model) is None:
-        inputs = {"input_ids": flat.input_ids, "attention_mask": flat.attention_mask}
-    return inputs
+        return {"input_ids": flat.input_ids, "attention_mask": flat.attention_mask}
+    return {"input_ids": flat.input_ids, "use_cache": False}
 
 
 def _shares(prompt_ids: Tensor, prompt_index: Tensor) -> bool:
@@ -276,5 +276,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _cache_argument(model: nn.Module) -> str | None:
     """The name under which the model's forward takes a KV cache: ``cache`` (transformers ≥ 5.x)
     or ``past_key_values``; ``None`` for models without one."""
-    parameters = inspect.signature(type(_unwrap(model)).forward).parameters
+    return _cache_argument_of(type(_unwrap(model)))
+
+
+@functools.cache
+def _cache_argument_of(cls: type) -> str | None:
+    """Per class, once: reading a signature costs more than it should on every forward."""
+    parameters = inspect.signature(cls.forward).parameters
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)

@@ -6,11 +6,12 @@ produced to a sample cut at ``max_new_tokens``). The text only goes to the rewar
 ``k`` samples per prompt arrive adjacent (prompt ``p`` owns samples ``p·k … p·k + k − 1``), each
 with a reward or ``None`` (unscorable). Unscorable samples are left out of every format: a
 sample we cannot judge is neither a positive nor a negative. What each format makes of a
-prompt's scored samples is its ``RowFormat.from_samples`` (`lit_align.data.formats`):
+prompt's scored samples is its ``RowFormat.from_samples`` (`lit_align.data.row_format`):
 
 - ``sft`` (rejection-sampling fine-tuning): every sample whose reward reaches ``threshold``;
 - ``pairs`` (online DPO): the best- against the worst-rewarded sample, when their rewards differ;
-- ``groups`` (AFT): every scorable sample, labelled correct and ranked by reward.
+- ``groups`` (AFT): every scorable sample, labelled correct and ranked by reward;
+- ``unpaired`` (online KTO): every scorable sample, desirable when its reward reaches ``threshold``.
 
 With ``references`` (one gold solution per prompt, encoded), ``groups`` add it as a
 ``reference`` chain (fine-tuned on, outside the ranking) and ``sft`` adds it as a row, so every

@@ -91,6 +91,19 @@ def test_aft_objective_combines_vft_and_alignment_per_group():
     assert out.metrics["aft/boundary_violations"].item() == 0.5
 
 
+def test_alignment_weight_scales_l_a_and_zero_is_rft():
+    """The batch of the test above: L_VFT is 0.35 in both groups and q0's L_A is
+    log(1 + e^−0.5 + e^−1.5); w_A = 0 leaves L_VFT alone (RFT on the same chains)."""
+    batch, logps = _groups_batch()
+    l_a = math.log(1 + math.exp(-0.5) + math.exp(-1.5))
+    rft = AFT(beta=0.5, constraint="none", alignment_weight=0.0)(batch, logps, None, T(2.0))
+    half = AFT(beta=0.5, constraint="none", alignment_weight=0.5)(batch, logps, None, T(2.0))
+    assert_close(rft.loss, T(0.35), atol=1e-6, rtol=0)
+    assert_close(half.loss, T((0.35 + 0.5 * l_a + 0.35) / 2), atol=1e-6, rtol=0)
+    # The gold chain's score is logged on its own: q0's reference, −0.2 per token.
+    assert_close(rft.metrics["aft/reference_score"], T(-0.2))
+
+
 def test_aft_ranking_feedback_uses_ranks():
     batch, logps = _groups_batch()
     binary = AFT(beta=0.5, feedback="binary")(batch, logps, None, T(2.0)).loss
@@ -117,3 +130,5 @@ def test_bad_arguments():
         AFT(constraint="soft")
     with pytest.raises(ValueError, match="feedback"):
         AFT(feedback="pairwise")
+    with pytest.raises(ValueError, match="alignment_weight"):
+        AFT(alignment_weight=-1.0)

@@ -88,6 +88,23 @@ def test_the_training_table_summarises_rollouts_and_memory(tmp_path):
     assert "| `objective=grpo` | 550 | 10 | 0.40 | 40.5 → 30.5 |" in text.splitlines()
 
 
+def test_aft_chain_scores_first_to_last_and_the_gains_plot(tmp_path):
+    for seed in (0, 1):
+        _run(tmp_path, f"a{seed}", ["objective=aft"], seed, 0.4, 0.5, 0.6 + seed / 10)
+        with (tmp_path / f"a{seed}/metrics.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "aft/pos_score", "aft/neg_score", "aft/reference_score"])
+            # 4 logged steps, first 3 and last 3; seed 1's positive ends at −0.5 (its last 3: −0.833).
+            writer.writerows([[s, -1.0 + (0.5 * seed if s == 3 else 0.0), -2.0 - s, ""] for s in range(4)])
+        _run(tmp_path, f"c{seed}", ["objective=sft"], seed, 0.4, 0.5, 0.6)
+    text = report(tmp_path, tmp_path / "out", control="objective=sft")
+    # Over seeds: positive −1 → (−1 − 0.833)/2 = −0.917; negative (−2−3−4)/3 = −3 → −4; gold: never logged.
+    assert "| `objective=aft` |  | 10 |  |  | −1.00 → −0.92 / −3.00 → −4.00 / – |" in text.splitlines()
+    assert "+0.050 [−0.585, +0.685]" in text
+    with Image.open(tmp_path / "out" / "gains.png") as image:
+        assert image.format == "PNG"
+
+
 def test_gains_over_a_shared_start_per_seed(tmp_path):
     # Every run began from one start with test accuracy 0.6: gains +0.05, +0.22, +0.17, mean 0.1467,
     # s = 0.08737, half-width 4.3027 · 0.08737 / √3 = 0.2170.

@@ -76,11 +76,21 @@ def _gains(groups: dict[str, Sequence[RunLike]], base: dict[int, float], title: 
     return "\n".join(lines) + "\n"
 
 
+# AFT's per-token chain scores (`aft/pos_score` …): where the alignment term moves each kind.
+SCORES = ("aft/pos_score", "aft/neg_score", "aft/reference_score")
+
+
 def training_table(groups: dict[str, Sequence[RunLike]]) -> str:
     """Per configuration, means over seeds of what a run's training did besides its accuracy:
-    peak RSS, wall time, and for online runs the share of zero-variance groups over all
-    rollouts and the mean completion length at the first and the last rollout."""
+    peak RSS, wall time; for online runs the share of zero-variance groups over all rollouts and
+    the mean completion length at the first and the last rollout; for AFT runs the mean
+    per-token log-likelihood of the positive, negative and gold chains of its training batches,
+    first → last (each the mean of a run's first or last 3 logged steps: one step's batch is
+    8 questions)."""
     header = ["configuration", "peak RSS (MB)", "wall (s)", "zero-variance groups", "completion length first → last"]
+    scored = any(r.curves.get(SCORES[0]) for runs in groups.values() for r in runs)
+    if scored:
+        header.append("chain score first → last: positive / negative / gold")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, runs in groups.items():
         rss = [r.summary["peak_rss_mb"] for r in runs if "peak_rss_mb" in r.summary]
@@ -88,11 +98,19 @@ def training_table(groups: dict[str, Sequence[RunLike]]) -> str:
         cells.append(f"{statistics.fmean(r.summary['wall_time_s'] for r in runs):.0f}")
         zero = [statistics.fmean(c.values()) for r in runs if (c := r.curves["rollout/frac_reward_zero_std"])]
         cells.append(f"{statistics.fmean(zero):.2f}" if zero else "")
-        lengths = [[c[step] for step in sorted(c)] for r in runs if (c := r.curves["rollout/completion_len"])]
-        if lengths:
-            first, last = statistics.fmean(c[0] for c in lengths), statistics.fmean(c[-1] for c in lengths)
-            cells.append(f"{first:.1f} → {last:.1f}")
-        else:
-            cells.append("")
+        cells.append(_first_last(runs, "rollout/completion_len", 1, "{:.1f}"))
+        if scored:
+            cells.append(" / ".join(_first_last(runs, key, 3, "{:.2f}") or "–" for key in SCORES))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _first_last(runs: Sequence[RunLike], key: str, width: int, form: str) -> str:
+    """``first → last`` of a curve, each the mean of its first or last ``width`` values, then
+    the mean over runs; empty where no run logged it."""
+    curves = [[c[step] for step in sorted(c)] for r in runs if (c := r.curves.get(key))]
+    if not curves:
+        return ""
+    first = statistics.fmean(statistics.fmean(c[:width]) for c in curves)
+    last = statistics.fmean(statistics.fmean(c[-width:]) for c in curves)
+    return f"{form.format(first)} → {form.format(last)}".replace("-", "−")

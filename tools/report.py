@@ -13,8 +13,9 @@ folder of them), groups the runs by configuration (their command-line overrides 
   (thin: each seed; thick: the mean over seeds at the steps they share).
 
 With ``--control <configuration>`` report.md also holds each configuration's paired gain over
-the control run of the same seed with a 95% confidence interval, and a table of peak memory,
-wall time, zero-variance groups and completion length (`tools/paired.py`). With ``--start
+the control run of the same seed with a 95% confidence interval (and ``gains.png``, the same as a
+plot), and a table of peak memory, wall time, zero-variance groups, completion length and AFT's
+chain scores (`tools/paired.py`). With ``--start
 <summary.json>`` (the start model's run, for runs of `tools/from_start.sh`) it holds each
 configuration's per-seed gain over that start.
 """
@@ -35,7 +36,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import yaml
-from paired import paired_table, start_table, training_table
+from paired import SCORES, interval, paired_table, start_table, training_table
 
 # Final metrics shown when any run has them, in this order; start/val/accuracy comes first.
 COLUMNS = ["val/accuracy", "test/accuracy", "eval/greedy_accuracy", "eval/pass@8", "eval/maj@8", "eval/bon@8"]
@@ -89,7 +90,7 @@ def _short(override: str) -> str:
 
 # What a run's metrics.csv is read for: the curves plotted, and the rollouts' summaries of
 # `paired.training_table`.
-CURVES = ("train/loss", "val/accuracy", "rollout/frac_reward_zero_std", "rollout/completion_len")
+CURVES = ("train/loss", "val/accuracy", "rollout/frac_reward_zero_std", "rollout/completion_len", *SCORES)
 
 
 def _curves(run_dir: Path) -> dict[str, dict[int, float]]:
@@ -176,6 +177,32 @@ def plot_curves(groups: dict[str, list[Run]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_gains(groups: dict[str, list[Run]], control: str, path: Path, metric: str = "test/accuracy") -> None:
+    """Each configuration's paired gain over ``control`` (same seed): dots per seed, the mean
+    and its 95% t interval as an error bar; the zero line is the control."""
+    base = {r.seed: r.summary["final"][metric] for r in groups[control] if metric in r.summary["final"]}
+    rows = []
+    for label, runs in groups.items():
+        gains = [r.summary["final"][metric] - base[r.seed] for r in runs if label != control and r.seed in base]
+        if gains:
+            rows.append((label, gains, interval(gains)))
+    fig, ax = plt.subplots(figsize=(7.5, max(3.0, 0.45 * len(rows) + 1.2)))
+    for i, (_, gains, (mean, low, high)) in enumerate(rows):
+        ax.scatter(gains, [i] * len(gains), color="tab:gray", s=10, zorder=2)
+        if low == low:  # one seed alone has no interval (nan)
+            ax.errorbar(mean, i, xerr=[[mean - low], [high - mean]], fmt="o", color="tab:blue", capsize=3, zorder=3)
+        else:
+            ax.scatter([mean], [i], color="tab:blue", zorder=3)
+    ax.axvline(0.0, color="tab:red", linestyle="dashed", linewidth=1)
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} gain over `{control}`, paired by seed")
+    ax.set_title("mean and 95% CI (blue), seeds (gray); dashed: the control", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def report(
     root: Path, out: Path | None = None, control: str | None = None, metric: str = "test/accuracy",
     start: Path | None = None,
@@ -200,6 +227,8 @@ def report(
     (out / "report.md").write_text(f"{len(runs)} runs under `{shown}`.{shared}\n\n{text}")
     plot_accuracy(groups, out / "accuracy.png")
     plot_curves(groups, out / "curves.png")
+    if control is not None:
+        plot_gains(groups, control, out / "gains.png", metric)
     return text
 
 

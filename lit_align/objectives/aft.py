@@ -5,7 +5,7 @@ The score of a chain of thought c for a question q is its length-normalised log-
 
     s(c) = (1/|c|) Σ_j log P(c_j | c_<j, q)          (response tokens only)
 
-and the loss of one question's group of chains is L = w·L_VFT + L_A, where L_VFT is the
+and the loss of one question's group of chains is L = w·L_VFT + w_A·L_A, where L_VFT is the
 token-mean NLL of the group's positive chains (and of the reference solution when the data has
 one), averaged over those chains. With P the positive and N the negative chains:
 
@@ -27,6 +27,10 @@ the lowest score among the chains ranked above it:
 case of two ranks, positives 0 and negatives 1, which gives back the formulas above. Rank-0
 chains are the positives of L_VFT. A group with no pair (no positive or no negative)
 contributes only L_VFT. No reference model is used.
+
+**w_A = 0** leaves L_VFT alone: fine-tuning on the sampled correct chains and the gold one, i.e.
+rejection-sampling fine-tuning (RFT, Yuan et al. 2023, arXiv 2308.01825), the baseline the AFT
+paper compares with, on exactly AFT's batches, so the difference is the alignment term alone.
 """
 
 from __future__ import annotations
@@ -94,21 +98,29 @@ class AFT(Objective):
         feedback: ``binary`` (pairs positives with negatives) or ``ranking`` (every ordered pair
             of different ranks).
         vft_weight: weight w of L_VFT.
+        alignment_weight: weight w_A of L_A; 0 is RFT on the same batches (the ablation of L_A).
     """
 
     row_format = FORMATS["groups"]
 
     def __init__(
-        self, beta: float = 0.1, constraint: str = "boundary", feedback: str = "binary", vft_weight: float = 1.0
+        self,
+        beta: float = 0.1,
+        constraint: str = "boundary",
+        feedback: str = "binary",
+        vft_weight: float = 1.0,
+        alignment_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
         if feedback not in ("binary", "ranking"):
             raise ValueError(f"feedback must be binary or ranking, got {feedback!r}")
-        if beta < 0 or vft_weight < 0:
-            raise ValueError(f"beta and vft_weight must be >= 0, got {beta}, {vft_weight}")
-        self.beta, self.constraint, self.feedback, self.vft_weight = beta, constraint, feedback, vft_weight
+        if min(beta, vft_weight, alignment_weight) < 0:
+            weights = f"{beta}, {vft_weight}, {alignment_weight}"
+            raise ValueError(f"beta, vft_weight and alignment_weight must be >= 0, got {weights}")
+        self.beta, self.constraint, self.feedback = beta, constraint, feedback
+        self.vft_weight, self.alignment_weight = vft_weight, alignment_weight
 
     def normalizer(self, batch: GroupBatch) -> Tensor:
         return torch.tensor(batch.num_prompts, device=batch.prompt_ids.device)
@@ -134,7 +146,7 @@ class AFT(Objective):
                 total = total - self.vft_weight * scores[vft].mean()
             ranked = rows & ~reference
             s, r = scores[ranked], ranks[ranked]
-            total = total + aft_alignment_loss(s, r, self.beta, self.constraint)
+            total = total + self.alignment_weight * aft_alignment_loss(s, r, self.beta, self.constraint)
             with torch.no_grad():  # the paper's assessment accuracy, and who sits below B
                 better = r[:, None] < r[None, :]
                 has_above = better.any(dim=0)
@@ -149,6 +161,8 @@ class AFT(Objective):
             metrics["aft/pos_score"] = score[positive].mean()
         if negative.any():
             metrics["aft/neg_score"] = score[negative].mean()
+        if reference.any():  # the gold chains: does pushing negatives down drag them down too?
+            metrics["aft/reference_score"] = score[reference].mean()
         if positive.any() and negative.any():
             metrics["aft/score_gap"] = metrics["aft/pos_score"] - metrics["aft/neg_score"]
         if pairs:

@@ -217,6 +217,19 @@ def test_kto_objective_sums_tokens_and_averages_responses():
     assert out.metrics["kto/kl"] == 0
 
 
+def test_kto_nll_anchor_averages_the_desirable_responses_of_the_step():
+    """The batch above, in a step of 4 responses of which 2 are desirable: row 0's token-mean NLL
+    is −0.5, so the anchor at weight 2 adds 2 · (−0.5) / 2 = −0.5 to 0.139993. The undesirable
+    row (token −1) is not anchored."""
+    batch = _unpaired([[1, 1], [1, 0]], [True, False], [[1], [1]])
+    logps, ref = torch.tensor([[0.5, 0.5], [-1.0, 7.0]]), torch.zeros(2, 2)
+    objective = KTO(beta=1.0, sft_weight=2.0)
+    assert objective.normalizer(batch).tolist() == [2, 1]  # (responses, desirable) of this micro-batch
+    out = objective(batch, logps, ref, torch.tensor([4.0, 2.0]), kl_estimate=torch.tensor(0.5))
+    assert_close(out.loss, torch.tensor(0.139993 - 0.5), atol=1e-5, rtol=0)
+    assert_close(out.metrics["kto/desirable_nll"], torch.tensor(-0.5))
+
+
 def _trl_kto_loss(policy, ref, labels, kl_logps, ref_kl_logps, beta, dw, uw):
     """TRL 1.16's KTO loss, transcribed from trl/trainer/kto_trainer.py ``_compute_loss`` (lines
     1399–1405, 1442–1484, 1544: the ``loss_type="kto"`` branch on one process, where

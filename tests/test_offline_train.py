@@ -78,6 +78,7 @@ CASES = {
     "simpo": (partial(SimPO, beta=2.0, gamma=0.5, label_smoothing=0.1), "pairs"),
     "orpo": (partial(ORPO, lam=0.5), "pairs"),
     "kto": (partial(KTO, beta=0.5, desirable_weight=1.3), "unpaired"),
+    "kto_nll": (partial(KTO, beta=0.5, desirable_weight=1.3, sft_weight=1.0), "unpaired"),
 }
 
 
@@ -92,7 +93,7 @@ def test_update_is_invariant_to_micro_batching(tokenizer, tiny_model, case):
     modules = []
     for micro in (8, 1):
         module = AlignModule(copy.deepcopy(tiny_model), objective(), tokenizer, optimizer=sgd, grad_clip=None)
-        if case == "kto":
+        if case.startswith("kto"):
             _moved(module.policy)
             batch = FORMATS[fmt].collate(rows, 0)
             z0 = step_inputs(module, [batch])["kl_estimate"]

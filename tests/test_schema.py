@@ -24,7 +24,7 @@ NEEDS = {
     **{("data", d): ["data.source=/some/rows.jsonl"] for d in ("chat", "preference", "cot_ranking", "gsm8k")},
     ("data", "unpaired"): ["data.source=/some/rows.jsonl", "objective=kto"],
     # An objective's pipeline is picked by the objective (pipeline=rm alone: a score head under SFT).
-    **{("pipeline", o): [f"objective={o}"] for o in ("aft", "dpo", "ppo", "rloo", "rm", "grpo", "simpo")},
+    **{("pipeline", o): [f"objective={o}"] for o in ("aft", "dpo", "ppo", "rloo", "rm", "grpo", "simpo", "kto")},
     ("pipeline", "preference"): ["objective=orpo"],
 }
 

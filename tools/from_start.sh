@@ -9,11 +9,13 @@
 # with init=none (the start replaces the pipeline's SFT stage); JOBS runs at once, each on one
 # thread (OMP_NUM_THREADS=1), so a run's numbers do not depend on the machine's core count.
 # Runs already finished (a summary.json) are skipped: rerunning the script resumes the table.
+# COMMON: overrides every run takes (e.g. the task's split sizes), kept out of the run names.
 set -euo pipefail
 start=$1 out=$2
 shift 2
 seeds=${SEEDS:-0 1 2}
 jobs=${JOBS:-2}
+common=${COMMON:-}
 mkdir -p "$out"
 export OMP_NUM_THREADS=1
 began=$(date +%s)
@@ -23,8 +25,8 @@ for config in "$@"; do
     name=$(run_name "$config" "$seed")
     [ -f "$out/$name/summary.json" ] && continue
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
-    # shellcheck disable=SC2086  # a configuration is several overrides
-    python -m lit_align $config seed="$seed" init=none model=hf model.name_or_path="$start" \
+    # shellcheck disable=SC2086  # a configuration (and COMMON) is several overrides
+    python -m lit_align $config $common seed="$seed" init=none model=hf model.name_or_path="$start" \
       hydra.run.dir="$out/$name" trainer.enable_progress_bar=false > "$out/${name//\//_}.log" 2>&1 &
   done
 done

@@ -18,6 +18,13 @@ all devices; the pairs themselves are fixed over the training split (`lit_align.
 UnpairedFormat`), so the update does not depend on micro-batching or device count. TRL estimates it
 per micro-batch (the mean over ranks of each rank's micro-batch mean); with one micro-batch per
 step and equal batches per rank the two are the same number.
+
+**The NLL anchor** (``sft_weight``; not in the KTO paper, nor in TRL's KTOTrainer): each
+desirable response's token-mean NLL, averaged over the step's desirable responses, added with
+weight ``sft_weight``: the term DPO (RPO) and SimPO (CPO) carry after SFT here
+(`lit_align.objectives.anchor`). From an SFT start on reasoning chains, plain KTO lowers the
+desirable chains' likelihood with the undesirable near copies' and collapses (README, "Offline
+objectives from one SFT start"); the KTO pipeline after SFT sets it to 1, 0 is the paper's KTO.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from torch import Tensor
 from lit_align.data.batch import UnpairedBatch
 from lit_align.data.formats import FORMATS
 from lit_align.objectives.base import Objective, ObjectiveOutput
-from lit_align.objectives.reduce import masked_mean, masked_sum, normalize
+from lit_align.objectives.reduce import masked_mean, masked_sum, normalize, rows_of
 
 
 def kto_losses(
@@ -73,22 +80,30 @@ class KTO(Objective):
         beta: β.
         desirable_weight: λ_D. The paper advises λ_D·n_D / (λ_U·n_U) in [1, 4/3].
         undesirable_weight: λ_U.
+        sft_weight: weight of the NLL anchor on the desirable responses (0: none, the paper's KTO).
     """
 
     row_format = FORMATS["unpaired"]
     needs_reference = True
     needs_kl_pairs = True
 
-    def __init__(self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> None:
+    def __init__(
+        self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0, sft_weight: float = 0.0
+    ) -> None:
         super().__init__()
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
-        if desirable_weight < 0 or undesirable_weight < 0:
-            raise ValueError(f"the weights must be >= 0, got {desirable_weight=}, {undesirable_weight=}")
+        if min(desirable_weight, undesirable_weight, sft_weight) < 0:
+            raise ValueError(f"the weights must be >= 0, got {desirable_weight=}, {undesirable_weight=}, {sft_weight=}")
         self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
+        self.sft_weight = sft_weight
 
     def normalizer(self, batch: UnpairedBatch) -> Tensor:
-        return torch.tensor(batch.num_responses, device=batch.desirable.device)
+        """The step's responses; with the NLL anchor, ``(responses, desirable responses)``."""
+        responses = torch.tensor(batch.num_responses, device=batch.desirable.device)
+        if self.sft_weight:
+            return torch.stack([responses, batch.desirable.sum()])
+        return responses
 
     def forward(
         self,
@@ -115,4 +130,9 @@ class KTO(Objective):
             "logps/rejected": masked_mean(seq.detach(), bad),
             "kto/kl": z0,
         }
-        return ObjectiveOutput(normalize(losses.sum(), normalizer), metrics)
+        loss = normalize(losses.sum(), rows_of(normalizer))
+        if self.sft_weight:  # each desirable response's token mean, over the step's desirable ones
+            nll = -masked_mean(logps, mask, dim=1)
+            loss = loss + self.sft_weight * normalize(nll[batch.desirable].sum(), normalizer.reshape(-1)[1])
+            metrics["kto/desirable_nll"] = masked_mean(nll.detach(), good)
+        return ObjectiveOutput(loss, metrics)

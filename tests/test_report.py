@@ -69,8 +69,11 @@ def test_paired_gains_have_a_t_interval_over_seeds(tmp_path):
     for seed, (control, method) in enumerate([(0.6, 0.65), (0.8, 0.82), (0.7, 0.77)]):
         _run(tmp_path, f"c{seed}", ["objective=sft"], seed, 0.4, 0.5, control)
         _run(tmp_path, f"m{seed}", ["objective=kto"], seed, 0.4, 0.5, method)
-    text = report(tmp_path, tmp_path / "out", control="objective=sft")
+    text = report(tmp_path, tmp_path / "out", control="objective=sft", contrasts=[("objective=sft", "objective=kto")])
     assert "| `objective=kto` | +0.050 | +0.020 | +0.070 | +0.047 [−0.016, +0.109] | 3 |" in text.splitlines()
+    # A contrast is the same paired difference, either way round.
+    contrast = "| `objective=sft` − `objective=kto` | −0.050 −0.020 −0.070 | −0.047 [−0.109, +0.016] | 3 |"
+    assert contrast in text.splitlines()
 
 
 def test_the_training_table_summarises_rollouts_and_memory(tmp_path):

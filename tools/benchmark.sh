@@ -39,4 +39,11 @@ rows=("${claims[@]}")
 SEEDS=${SEEDS:-0 1 2 3 4} COMMON="$task eval.before_train=false callbacks=default" \
   bash tools/from_start.sh "$out/start/model" "$out/runs" "${rows[@]}"
 echo "benchmark wall time: $(( $(date +%s) - began )) s" | tee -a "$out/wall_time.txt"
-python tools/report.py "$out/runs" --out "$out" --control "$control" --start "$out/start/summary.json"
+# The paper's claims, each its own paired contrast: (1) AFT vs RFT (same batches, L_A off);
+# (2) the unconstrained and detached alignment terms vs the boundary; (3) ranking vs binary.
+python tools/report.py "$out/runs" --out "$out" --control "$control" --start "$out/start/summary.json" \
+  --contrast objective=aft "objective=aft objective.alignment_weight=0" \
+  --contrast "objective=aft objective.constraint=none" "objective=aft objective.alignment_weight=0" \
+  --contrast "objective=aft objective.constraint=none" objective=aft \
+  --contrast "objective=aft objective.constraint=detach" objective=aft \
+  --contrast experiment=aft_ranking objective=aft

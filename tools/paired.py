@@ -76,6 +76,28 @@ def _gains(groups: dict[str, Sequence[RunLike]], base: dict[int, float], title: 
     return "\n".join(lines) + "\n"
 
 
+def contrast_table(groups: dict[str, Sequence[RunLike]], contrasts: Sequence[tuple[str, str]],
+                   metric: str = "test/accuracy") -> str:  # fmt: skip
+    """One row per ``(a, b)``: configuration a's per-seed difference in ``metric`` from
+    configuration b's run of the same seed, and the mean difference with its 95% interval (a
+    claim's own test, e.g. AFT against RFT, rather than each against the control)."""
+    header = ["contrast", "per seed", f"mean difference [95% CI] in {metric}", "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for a, b in contrasts:
+        for label in (a, b):
+            if label not in groups:
+                raise SystemExit(f"--contrast {label!r} is none of the configurations: {sorted(groups)}")
+        base = {r.seed: r.summary["final"][metric] for r in groups[b] if metric in r.summary["final"]}
+        diffs = {r.seed: r.summary["final"][metric] - base[r.seed] for r in groups[a] if r.seed in base}
+        if not diffs:
+            continue
+        mean, low, high = interval(list(diffs.values()))
+        shown = signed(mean) + ("" if math.isnan(low) else f" [{signed(low)}, {signed(high)}]")
+        per_seed = " ".join(signed(diffs[s]) for s in sorted(diffs))
+        lines.append(f"| `{a}` − `{b}` | {per_seed} | {shown} | {len(diffs)} |")
+    return "\n".join(lines) + "\n"
+
+
 # AFT's per-token chain scores (`aft/pos_score` …): where the alignment term moves each kind.
 SCORES = ("aft/pos_score", "aft/neg_score", "aft/reference_score")
 

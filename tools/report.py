@@ -17,7 +17,8 @@ the control run of the same seed with a 95% confidence interval (and ``gains.png
 plot), and a table of peak memory, wall time, zero-variance groups, completion length and AFT's
 chain scores (`tools/paired.py`). With ``--start
 <summary.json>`` (the start model's run, for runs of `tools/from_start.sh`) it holds each
-configuration's per-seed gain over that start.
+configuration's per-seed gain over that start. Each ``--contrast A B`` adds A's paired
+difference from B with its interval (a claim's own comparison, e.g. AFT against RFT).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import yaml
-from paired import SCORES, interval, paired_table, start_table, training_table
+from paired import SCORES, contrast_table, interval, paired_table, start_table, training_table
 
 # Final metrics shown when any run has them, in this order; start/val/accuracy comes first.
 COLUMNS = ["val/accuracy", "test/accuracy", "eval/greedy_accuracy", "eval/pass@8", "eval/maj@8", "eval/bon@8"]
@@ -205,7 +206,7 @@ def plot_gains(groups: dict[str, list[Run]], control: str, path: Path, metric: s
 
 def report(
     root: Path, out: Path | None = None, control: str | None = None, metric: str = "test/accuracy",
-    start: Path | None = None,
+    start: Path | None = None, contrasts: list[tuple[str, str]] | None = None,
 ) -> str:  # fmt: skip
     """Writes report.md, accuracy.png and curves.png for the runs under ``root``; returns the
     tables (with ``control``: the paired gains and the training table too; with ``start``, a
@@ -221,6 +222,8 @@ def report(
         text += "\n" + start_table(groups, json.loads(start.read_text())["final"][metric], metric)
     if control is not None:
         text += "\n" + paired_table(groups, control, metric) + "\n" + training_table(groups)
+    if contrasts:
+        text += "\n" + contrast_table(groups, contrasts, metric)
     shared = f" All with `{' '.join(common)}`." if common else ""
     # Relative to where the command ran: a committed report names no machine's directories.
     shown = Path(os.path.relpath(root.resolve(), Path.cwd())).as_posix()
@@ -239,8 +242,17 @@ def main() -> None:
     parser.add_argument("--control", default=None, help="a configuration's label: paired gains over it")
     parser.add_argument("--metric", default="test/accuracy", help="the metric the paired gains compare")
     parser.add_argument("--start", type=Path, default=None, help="the start model's summary.json: gains over it")
+    parser.add_argument(
+        "--contrast",
+        nargs=2,
+        action="append",
+        metavar=("A", "B"),
+        default=None,
+        help="two configurations' labels: A's paired difference from B (repeatable)",
+    )
     args = parser.parse_args()
-    print(report(args.root, args.out, args.control, args.metric, args.start), end="")
+    contrasts = [tuple(c) for c in args.contrast or []]
+    print(report(args.root, args.out, args.control, args.metric, args.start, contrasts), end="")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ if [ ! -f "$out/start/summary.json" ]; then
   OMP_NUM_THREADS=${START_THREADS:-2} python -m lit_align experiment=sft sft_steps="${START_STEPS:-3000}" \
     trainer.val_check_interval=250 $task seed=0 hydra.run.dir="$out/start" trainer.enable_progress_bar=false \
     > "$out/start.log" 2>&1
+  python tools/report.py "$out/start" > /dev/null  # its curves.png: val/accuracy by step, the plateau
 fi
 # The control and the AFT claims share AFT's budget: 200 steps of 8 questions at lr 5e-4, the same
 # gold chain per question; AFT's groups add 4 chains sampled once from the start.
@@ -32,7 +33,7 @@ claims=(
   "objective=aft objective.constraint=detach"
   "experiment=aft_ranking"                        # claim 3: ranking feedback
 )
-others=(objective=dpo "objective=dpo rollout=online" objective=grpo objective=rloo objective=ppo objective=kto objective=simpo)
+others=(objective=kto objective=dpo objective=grpo objective=simpo objective=rloo objective=ppo "objective=dpo rollout=online")
 rows=("${claims[@]}")
 [ "${ROWS:-all}" = claims ] || rows+=("${others[@]}")
 # callbacks=default: best-of-N is measured on the start (step 1) and by the report's bon rows.

@@ -7,13 +7,15 @@
 # 1. The start: SFT for START_STEPS (default 3000) steps, validated every 250 on 500 problems
 #    (its curve shows the plateau), then greedy and best-of-8 on the test set.
 # 2. tools/from_start.sh: every row below × SEEDS (default 0-4), JOBS (default 2) at a time, each
-#    on one thread, on the same task (COMMON): 2,000 test problems, 500 validation problems.
+#    on one thread, on the same task (COMMON, from TASK): 2,000 test and 500 validation problems.
 # 3. tools/report.py: the table, each row's paired gain over continued SFT with a 95% CI, plots.
 # A finished step is skipped on a rerun (the start's and each run's summary.json), so an
 # interrupted benchmark resumes where it stopped.
 set -euo pipefail
 out=${1:-runs/benchmark}
-task="data.num_test=2000 data.num_val=500"
+# The task: the built-in one with 2,000 test and 500 validation problems; TASK="... data.digits=2"
+# for a harder one (every step, the start included, takes it).
+task=${TASK:-data.num_test=2000 data.num_val=500}
 mkdir -p "$out"
 began=$(date +%s)
 if [ ! -f "$out/start/summary.json" ]; then

@@ -102,7 +102,7 @@ def test_aft_chain_scores_first_to_last_and_the_gains_plot(tmp_path):
         _run(tmp_path, f"c{seed}", ["objective=sft"], seed, 0.4, 0.5, 0.6)
     text = report(tmp_path, tmp_path / "out", control="objective=sft")
     # Over seeds: positive −1 → (−1 − 0.833)/2 = −0.917; negative (−2−3−4)/3 = −3 → −4; gold: never logged.
-    assert "| `objective=aft` |  | 10 |  |  | −1.00 → −0.92 / −3.00 → −4.00 / – |" in text.splitlines()
+    assert "| `objective=aft` |  | 10 |  |  | −1.0000 → −0.9167 / −3.0000 → −4.0000 / – |" in text.splitlines()
     assert "+0.050 [−0.585, +0.685]" in text
     with Image.open(tmp_path / "out" / "gains.png") as image:
         assert image.format == "PNG"

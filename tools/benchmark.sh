@@ -38,7 +38,7 @@ claims=(
 others=(objective=kto objective=dpo objective=grpo objective=simpo objective=rloo objective=ppo "objective=dpo rollout=online")
 rows=("${claims[@]}")
 [ "${ROWS:-all}" = claims ] || rows+=("${others[@]}")
-# callbacks=default: best-of-N is measured on the start (step 1) and by the report's bon rows.
+# callbacks=default: best-of-8 is measured on the start (step 1); the rows are compared greedily.
 SEEDS=${SEEDS:-0 1 2 3 4} COMMON="$task eval.before_train=false callbacks=default" \
   bash tools/from_start.sh "$out/start/model" "$out/runs" "${rows[@]}"
 echo "benchmark wall time: $(( $(date +%s) - began )) s" | tee -a "$out/wall_time.txt"

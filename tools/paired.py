@@ -122,7 +122,7 @@ def training_table(groups: dict[str, Sequence[RunLike]]) -> str:
         cells.append(f"{statistics.fmean(zero):.2f}" if zero else "")
         cells.append(_first_last(runs, "rollout/completion_len", 1, "{:.1f}"))
         if scored:
-            cells.append(" / ".join(_first_last(runs, key, 3, "{:.2f}") or "–" for key in SCORES))
+            cells.append(" / ".join(_first_last(runs, key, 3, "{:.4f}") or "–" for key in SCORES))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

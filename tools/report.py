@@ -62,7 +62,7 @@ def load_runs(root: Path) -> tuple[list[Run], list[str]]:
     for summary_path in sorted(root.rglob("summary.json")):
         run_dir = summary_path.parent
         if any(part.startswith(".") for part in run_dir.relative_to(root).parts):
-            continue  # a pipeline's cached SFT stage (tools/benchmark.sh keeps it in .sft_cache)
+            continue  # a hidden folder, e.g. a pipeline's cached SFT stage (LIT_ALIGN_CACHE inside the root)
         summary = json.loads(summary_path.read_text())
         runs.append(Run(run_dir, _overrides(run_dir), summary["seed"], summary, _curves(run_dir)))
     common = [o for o in runs[0].overrides if all(o in r.overrides for r in runs)] if runs else []

@@ -39,13 +39,24 @@ def signed(value: float) -> str:
     return f"{value:+.3f}".replace("-", "−")
 
 
+def by_seed(runs: Sequence[RunLike], metric: str) -> dict[int, float]:
+    """``{seed: final metric}`` of the runs that logged ``metric``: what a paired difference pairs."""
+    return {r.seed: r.summary["final"][metric] for r in runs if metric in r.summary["final"]}
+
+
+def with_interval(differences: Sequence[float]) -> str:
+    """The mean difference and, from 2 seeds on, its 95% interval: ``+0.012 [+0.003, +0.021]``."""
+    mean, low, high = interval(differences)
+    return signed(mean) + ("" if math.isnan(low) else f" [{signed(low)}, {signed(high)}]")
+
+
 def paired_table(groups: dict[str, Sequence[RunLike]], control: str, metric: str = "test/accuracy") -> str:
     """One row per configuration but ``control``: its per-seed gain in ``metric`` over the control
     run of the same seed, and the mean gain with its 95% interval. Seeds without a control run
     are left out (and counted)."""
     if control not in groups:
         raise SystemExit(f"--control {control!r} is none of the configurations: {sorted(groups)}")
-    base = {r.seed: r.summary["final"][metric] for r in groups[control] if metric in r.summary["final"]}
+    base = by_seed(groups[control], metric)
     title = f"Paired gain over `{control}` (per seed: {', '.join(f'{s}: {base[s]:.3f}' for s in sorted(base))}):"
     return _gains(groups, base, title, metric, skip=control)
 
@@ -65,12 +76,10 @@ def _gains(groups: dict[str, Sequence[RunLike]], base: dict[int, float], title: 
     for label, runs in groups.items():
         if label == skip:
             continue
-        final = {r.seed: r.summary["final"] for r in runs}
-        gains = {s: f[metric] - base[s] for s, f in final.items() if s in base and metric in f}
+        gains = {s: value - base[s] for s, value in by_seed(runs, metric).items() if s in base}
         if not gains:
             continue
-        mean, low, high = interval(list(gains.values()))
-        shown = signed(mean) + ("" if math.isnan(low) else f" [{signed(low)}, {signed(high)}]")
+        shown = with_interval(list(gains.values()))
         cells = [f"`{label}`", *(signed(gains[s]) if s in gains else "" for s in seeds), shown, str(len(gains))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -87,14 +96,12 @@ def contrast_table(groups: dict[str, Sequence[RunLike]], contrasts: Sequence[tup
         for label in (a, b):
             if label not in groups:
                 raise SystemExit(f"--contrast {label!r} is none of the configurations: {sorted(groups)}")
-        base = {r.seed: r.summary["final"][metric] for r in groups[b] if metric in r.summary["final"]}
-        diffs = {r.seed: r.summary["final"][metric] - base[r.seed] for r in groups[a] if r.seed in base}
+        base = by_seed(groups[b], metric)
+        diffs = {s: value - base[s] for s, value in by_seed(groups[a], metric).items() if s in base}
         if not diffs:
             continue
-        mean, low, high = interval(list(diffs.values()))
-        shown = signed(mean) + ("" if math.isnan(low) else f" [{signed(low)}, {signed(high)}]")
         per_seed = " ".join(signed(diffs[s]) for s in sorted(diffs))
-        lines.append(f"| `{a}` − `{b}` | {per_seed} | {shown} | {len(diffs)} |")
+        lines.append(f"| `{a}` − `{b}` | {per_seed} | {with_interval(list(diffs.values()))} | {len(diffs)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -37,7 +37,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import yaml
-from paired import SCORES, contrast_table, interval, paired_table, start_table, training_table
+from paired import SCORES, by_seed, contrast_table, interval, paired_table, start_table, training_table
 
 # Final metrics shown when any run has them, in this order; start/val/accuracy comes first.
 COLUMNS = ["val/accuracy", "test/accuracy", "eval/greedy_accuracy", "eval/pass@8", "eval/maj@8", "eval/bon@8"]
@@ -181,10 +181,10 @@ def plot_curves(groups: dict[str, list[Run]], path: Path) -> None:
 def plot_gains(groups: dict[str, list[Run]], control: str, path: Path, metric: str = "test/accuracy") -> None:
     """Each configuration's paired gain over ``control`` (same seed): dots per seed, the mean
     and its 95% t interval as an error bar; the zero line is the control."""
-    base = {r.seed: r.summary["final"][metric] for r in groups[control] if metric in r.summary["final"]}
+    base = by_seed(groups[control], metric)
     rows = []
     for label, runs in groups.items():
-        gains = [r.summary["final"][metric] - base[r.seed] for r in runs if label != control and r.seed in base]
+        gains = [value - base[s] for s, value in by_seed(runs, metric).items() if label != control and s in base]
         if gains:
             rows.append((label, gains, interval(gains)))
     fig, ax = plt.subplots(figsize=(7.5, max(3.0, 0.45 * len(rows) + 1.2)))

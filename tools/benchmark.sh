@@ -3,12 +3,16 @@
 # (Wang et al. 2023, arXiv 2309.02144) and every other objective, each measured as a paired gain
 # over continued SFT from ONE converged SFT start, so seeds vary only the post-training.
 #   bash tools/benchmark.sh [out dir, default runs/benchmark]
-#   ROWS=claims SEEDS="0 1" bash tools/benchmark.sh runs/quick     # a quick look: the claim rows, 2 seeds
+#   ROWS=claims SEEDS="0 1" HARD=0 bash tools/benchmark.sh runs/quick  # a quick look: the claim rows, 2 seeds
 # 1. The start: SFT for START_STEPS (default 3000) steps, validated every 250 on 500 problems
 #    (its curve shows the plateau), then greedy and best-of-8 on the test set.
 # 2. tools/from_start.sh: every row below × SEEDS (default 0-4), JOBS (default 2) at a time, each
 #    on one thread, on the same task (COMMON, from TASK): 2,000 test and 500 validation problems.
 # 3. tools/report.py: the table, each row's paired gain over continued SFT with a 95% CI, plots.
+# 4. Unless HARD=0, claims 1 and 3 again on a harder task (HARD_TASK: two-digit operands), where
+#    the start's own samples are often wrong: its start is the converged start trained on it for
+#    HARD_STEPS (default 1500) more SFT steps, validated every 250; then the control, RFT, AFT
+#    and ranking × SEEDS from it, and their report in <out>/hard.
 # A finished step is skipped on a rerun (the start's and each run's summary.json), so an
 # interrupted benchmark resumes where it stopped.
 set -euo pipefail
@@ -49,4 +53,20 @@ python tools/report.py "$out/runs" --out "$out" --control "$control" --start "$o
   --contrast "objective=aft objective.constraint=none" "objective=aft objective.alignment_weight=0" \
   --contrast "objective=aft objective.constraint=none" objective=aft \
   --contrast "objective=aft objective.constraint=detach" objective=aft \
+  --contrast experiment=aft_ranking objective=aft
+[ "${HARD:-1}" = 0 ] && exit 0
+hard_task=${HARD_TASK:-data.digits=2 data.num_test=2000 data.num_val=500}
+began=$(date +%s)
+if [ ! -f "$out/hard/start/summary.json" ]; then
+  OMP_NUM_THREADS=${START_THREADS:-2} python -m lit_align experiment=sft sft_steps="${HARD_STEPS:-1500}" \
+    trainer.val_check_interval=250 $hard_task seed=0 init=none model=hf model.name_or_path="$out/start/model" \
+    callbacks=default hydra.run.dir="$out/hard/start" trainer.enable_progress_bar=false > "$out/hard/start.log" 2>&1
+  python tools/report.py "$out/hard/start" > /dev/null
+fi
+SEEDS=${SEEDS:-0 1 2 3 4} COMMON="$hard_task eval.before_train=false callbacks=default" \
+  bash tools/from_start.sh "$out/hard/start/model" "$out/hard/runs" "${claims[0]}" "${claims[1]}" "${claims[2]}" \
+  experiment=aft_ranking
+echo "harder task wall time: $(( $(date +%s) - began )) s" | tee -a "$out/wall_time.txt"
+python tools/report.py "$out/hard/runs" --out "$out/hard" --control "$control" --start "$out/hard/start/summary.json" \
+  --contrast objective=aft "objective=aft objective.alignment_weight=0" \
   --contrast experiment=aft_ranking objective=aft

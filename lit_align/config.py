@@ -20,9 +20,9 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from lit_align.callbacks.best_of_n import BestOfN
-from lit_align.callbacks.online_sampling import check_sampling
 from lit_align.data.datamodule import AlignDataModule, check_sizes
 from lit_align.errors import ConfigError
+from lit_align.rollout.draw import check_sampling
 from lit_align.schema import ABSENT, check_targets, check_type, holds, locate_target
 from lit_align.strategy import FSDP2Strategy
 

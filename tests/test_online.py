@@ -14,6 +14,7 @@ import torch
 
 from lit_align.callbacks.online_sampling import OnlineSampling
 from lit_align.rollout.buffer import rollout_metrics, rows_from_samples
+from lit_align.rollout.draw import sample_and_score
 from lit_align.rollout.sampler import Sampler
 from lit_align.train import train
 from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL, make_cfg
@@ -108,7 +109,9 @@ def test_online_rows_are_the_sampled_ids_served_without_re_tokenising(tokenizer,
     module = SimpleNamespace(tokenizer=tokenizer, policy=tiny_model, global_rank=0, device=torch.device("cpu"),
                              shared_prefix=True)  # fmt: skip
     prompts = data.prompt_set().select([0, 1])
-    samples = callback._sample_and_score(module, data, prompts)
+    samples = sample_and_score(callback.sampler, callback.reward, module, data, prompts, batch_size=64,
+                               seed_key="0/0/0", top_up_round=0, include_reference=True,
+                               in_step=False)  # fmt: skip
     assert all(len(ids) <= 3 for ids in samples["completion_ids"])
     decoded = [tokenizer.decode(ids, skip_special_tokens=True) for ids in samples["completion_ids"]]
     assert decoded == samples["completions"]

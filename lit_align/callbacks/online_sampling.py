@@ -2,56 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.distributed as dist
 from datasets import Dataset
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_align.checkpointing import write_failure
-from lit_align.data.collate import encode_prompt, encode_response, pad
-from lit_align.errors import ConfigError
 from lit_align.models.sharding import is_sharded
-from lit_align.rewards.base import score
 from lit_align.rollout.buffer import rollout_metrics, rows_from_samples
+from lit_align.rollout.draw import check_sampling, sample_and_score, write_sample_table
 from lit_align.rollout.dynamic_sampling import informative_groups, merge, select_groups
-from lit_align.rollout.experience import experience_rows, split_rollout
+from lit_align.rollout.experience import experience_rows
 from lit_align.rollout.sampler import Sampler
-
-
-def check_sampling(
-    objective: str, batch_format: str | None, precompute_ref: bool, every_n_epochs: int | None,
-    temperature: float, top_p: float, top_k: int,
-) -> None:  # fmt: skip
-    """What online sampling refuses, raised naming the config key: `validate` calls it on the
-    config, before the SFT stage or any model, and `OnlineSampling.setup` on the objects, for a
-    run built in Python. ``objective`` names the objective (``objective=rloo``)."""
-    if precompute_ref:
-        raise ConfigError(
-            "objective.precompute_ref=true scores fixed pairs once before training, but rollout=online "
-            "makes new pairs from the policy: set objective.precompute_ref=false (a reference model is kept)"
-        )
-    if batch_format != "rollout":
-        return
-    if not every_n_epochs:
-        raise ConfigError(
-            f"{objective} learns on-policy: set rollout.every_n_epochs (update epochs per rollout), "
-            "or the first rollout would serve the whole run"
-        )
-    if temperature != 1 or top_p < 1 or top_k > 0:
-        # The ratio π/π_old and the on-policy gradient assume samples from π itself.
-        raise ConfigError(
-            f"{objective} needs samples from the policy itself: set rollout.temperature=1, rollout.top_p=1, "
-            "rollout.top_k=0"
-        )
 
 
 class OnlineSampling(L.Callback):
@@ -263,7 +230,11 @@ class OnlineSampling(L.Callback):
                 f"split over {trainer.world_size} processes (set rollout.num_prompts to a multiple)"
             )
         shard = self._prompts.select(chosen[trainer.global_rank :: trainer.world_size])
-        samples = self._sample_and_score(pl_module, trainer.datamodule, shard)
+        samples = sample_and_score(self.sampler, self.reward, pl_module, trainer.datamodule, shard,
+                                   batch_size=self.generation_batch_size,
+                                   seed_key=f"{self.seed}/{self.refreshes}/{pl_module.global_rank}",
+                                   top_up_round=self._round, include_reference=self.include_reference,
+                                   in_step=self.in_step)  # fmt: skip
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             gathered: list[Any] = [None] * trainer.world_size
             dist.all_gather_object(gathered, samples)
@@ -301,71 +272,10 @@ class OnlineSampling(L.Callback):
         self.cursor = (self.cursor + count) % size
         return chosen
 
-    def _sample_and_score(self, pl_module: Any, datamodule: Any, prompts: Dataset) -> dict[str, list[Any]]:
-        tokenizer, policy, k = pl_module.tokenizer, pl_module.policy, self.sampler.num_samples
-        out: dict[str, list[Any]] = {"prompts": [], "completions": [], "lengths": [], "truncated": []}
-        rl = datamodule.batch_format == "rollout"
-        if rl:
-            out["experience"] = []
-        else:  # the rows are built from the ids as sampled (`rows_from_samples`)
-            out |= {"prompt_ids": [], "prompt_truncated": [], "completion_ids": []}
-        if self.include_reference and "solution" in prompts.column_names and not rl:
-            out["references"] = [encode_response(tokenizer, text) for text in prompts["solution"]]
-        for start in range(0, len(prompts), self.generation_batch_size):
-            texts = prompts[start : start + self.generation_batch_size]["prompt"]
-            encoded = [encode_prompt(tokenizer, text, datamodule.max_prompt_length) for text in texts]
-            ids, cut = [e[0] for e in encoded], [e[1] for e in encoded]
-            prompt_ids, prompt_mask = pad(ids, tokenizer.pad_token_id, left=True)
-            # A fresh seed per refresh, rank and chunk: each refresh draws new samples.
-            # (A top-up round of dynamic sampling adds its number.)
-            key = f"{self.seed}/{self.refreshes}/{pl_module.global_rank}/{start}"
-            key += f"/{self._round}" if self._round else ""
-            seed = random.Random(key).getrandbits(62)
-            rollout = self.sampler(policy, tokenizer, prompt_ids.to(pl_module.device), prompt_mask.to(pl_module.device),
-                                   seed=seed, with_logps=False, shared_prefix=pl_module.shared_prefix)  # fmt: skip
-            lengths = rollout.completion_mask.sum(-1).tolist()  # tokens up to and including eos
-            if rl:  # the tokens as sampled, with the policy's, reference's (and critic's) outputs
-                scored = None if self.in_step else pl_module.score_rollout(rollout.forward_inputs())
-                out["experience"] += split_rollout(rollout, scored)
-            else:
-                out["prompt_ids"] += ids
-                out["prompt_truncated"] += cut
-                sampled = zip(rollout.completion_ids.tolist(), lengths, strict=True)
-                out["completion_ids"] += [row[:n] for row, n in sampled]
-            out["prompts"] += texts
-            out["completions"] += rollout.completions
-            out["lengths"] += lengths
-            out["truncated"] += rollout.truncated.tolist()
-        columns = {
-            name: [v for v in prompts[name] for _ in range(k)] for name in prompts.column_names if name != "prompt"
-        }
-        repeated = [p for p in out["prompts"] for _ in range(k)]
-        if getattr(self.reward, "wants_completion_length", False):  # a length-shaped reward (OverlongPenalty)
-            columns["completion_length"] = out["lengths"]
-        out["rewards"] = score(self.reward, repeated, out["completions"], **columns)
-        return out
-
     def _log(self, trainer: L.Trainer, metrics: dict[str, float], samples: dict[str, list[Any]]) -> None:
         # Logged straight to the loggers: Lightning's self.log is not allowed in on_fit_start.
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})
-        if not trainer.is_global_zero or not self.log_samples:
-            return
-        k = self.sampler.num_samples
-        table = [
-            [trainer.global_step, samples["prompts"][i // k], samples["completions"][i], samples["rewards"][i]]
-            for i in range(min(self.log_samples, len(samples["completions"])))
-        ]
-        wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if wandb:
-            wandb[0].log_table("rollout/samples", columns=["step", "prompt", "completion", "reward"], data=table)
-            return
-        path = Path(trainer.default_root_dir) / "rollouts.jsonl"
-        try:
-            with path.open("a") as f:
-                for step, prompt, completion, reward in table:
-                    row = {"step": step, "prompt": prompt, "completion": completion, "reward": reward}
-                    f.write(json.dumps(row) + "\n")
-        except OSError as error:  # a full disk: one line naming the file
-            raise write_failure(path, error) from error
+        if trainer.is_global_zero and self.log_samples:
+            write_sample_table(trainer, samples, self.sampler.num_samples, self.log_samples)

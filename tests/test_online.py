@@ -14,7 +14,7 @@ import torch
 
 from lit_align.callbacks.online_sampling import OnlineSampling
 from lit_align.rollout.buffer import rollout_metrics, rows_from_samples
-from lit_align.rollout.draw import sample_and_score
+from lit_align.rollout.draw import passes_warning, sample_and_score
 from lit_align.rollout.sampler import Sampler
 from lit_align.train import train
 from tests.conftest import FAST, SMALL_DATA, SMALL_MODEL, make_cfg
@@ -123,6 +123,18 @@ def test_online_rows_are_the_sampled_ids_served_without_re_tokenising(tokenizer,
     assert first["sequences"][0] == samples["prompt_ids"][0] + samples["completion_ids"][0]
     (micro,) = next(iter(data.train_dataloader()))
     assert micro.response_ids.shape[0] == sum(len(r["sequences"]) for r in rows[: len(micro.prompt_ids)])
+
+
+def test_a_single_round_buffer_passed_over_too_often_is_warned_about():
+    """The benchmark's online DPO case: 58 pairs, 150 steps of 16 = 2,400 / 58 = 41.4 passes;
+    AFT's default, 1,024 groups in 200 steps of 8, is 1.6 passes and says nothing."""
+    warning = passes_warning(58, 16, 150)
+    assert warning is not None
+    assert "58 training rows" in warning
+    assert "41 times" in warning
+    assert passes_warning(1024, 8, 200) is None
+    assert passes_warning(160, 16, 100) is None  # exactly 10 passes: not more than 10
+    assert passes_warning(58, 16, -1) is None  # no step budget (max_steps unset): nothing to compare
 
 
 def test_rollout_metrics_by_hand():

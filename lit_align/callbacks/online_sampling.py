@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_align.models.sharding import is_sharded
 from lit_align.rollout.buffer import rollout_metrics, rows_from_samples
-from lit_align.rollout.draw import check_sampling, sample_and_score, write_sample_table
+from lit_align.rollout.draw import check_sampling, passes_warning, sample_and_score, write_sample_table
 from lit_align.rollout.dynamic_sampling import informative_groups, merge, select_groups
 from lit_align.rollout.experience import experience_rows
 from lit_align.rollout.sampler import Sampler
@@ -198,6 +198,9 @@ class OnlineSampling(L.Callback):
         if rows:
             datamodule.set_train_rows(rows)
             self.rows = rows
+            if not self.every_n_epochs and (warning := passes_warning(len(rows), datamodule.batch_size,
+                                                                      trainer.max_steps)):  # fmt: skip
+                rank_zero_warn(warning)
         elif self.refreshes == 0:
             raise RuntimeError(
                 f"online sampling made no {datamodule.batch_format} rows from {len(chosen)} prompts: every "

@@ -49,6 +49,26 @@ def check_sampling(
         )
 
 
+MAX_PASSES = 10  # a single round's buffer passed over more often than this is worth a warning
+
+
+def passes_warning(rows: int, batch_size: int, max_steps: int) -> str | None:
+    """The warning for a single-round buffer of ``rows`` rows that ``max_steps`` steps of
+    ``batch_size`` rows pass over more than `MAX_PASSES` times, else ``None``. From a start that
+    already solves most prompts, few prompts yield a pair or a group with a wrong sample, and
+    the run would fit those few over and over (online DPO from the converged benchmark start: 58
+    pairs, 150 steps of 16, ~41 passes, test 0.98 -> 0.48)."""
+    if rows < 1 or max_steps < 1:
+        return None
+    passes = max_steps * batch_size / rows
+    if passes <= MAX_PASSES:
+        return None
+    return (
+        f"online sampling made {rows} training rows, sampled once: {max_steps} steps of {batch_size} pass over "
+        f"them {passes:.0f} times; set rollout.every_n_epochs to re-sample from the policy, or train fewer steps"
+    )
+
+
 def sample_and_score(
     sampler: Sampler, reward: Any, pl_module: Any, datamodule: Any, prompts: Dataset, *, batch_size: int,
     seed_key: str, top_up_round: int, include_reference: bool, in_step: bool,

@@ -31,14 +31,12 @@ fi
 # The control and the AFT claims share AFT's budget: 200 steps of 8 questions at lr 5e-4, the same
 # gold chain per question; AFT's groups add 4 chains sampled once from the start.
 control="objective=sft pipeline=post_sft data.batch_size=8"
-claims=(
-  "$control"
-  "objective=aft objective.alignment_weight=0"   # RFT: L_VFT alone on AFT's batches (claim 1)
-  "objective=aft"                                 # AFT, boundary constraint
-  "objective=aft objective.constraint=none"       # claim 2: the unconstrained alignment term
-  "objective=aft objective.constraint=detach"
-  "experiment=aft_ranking"                        # claim 3: ranking feedback
-)
+rft="objective=aft objective.alignment_weight=0"   # RFT: L_VFT alone on AFT's batches (claim 1)
+aft=objective=aft                                  # AFT, boundary constraint
+none="objective=aft objective.constraint=none"     # claim 2: the unconstrained alignment term
+detach="objective=aft objective.constraint=detach"
+ranking=experiment=aft_ranking                     # claim 3: ranking feedback
+claims=("$control" "$rft" "$aft" "$none" "$detach" "$ranking")
 others=(objective=kto objective=dpo objective=grpo objective=simpo objective=rloo objective=ppo "objective=dpo rollout=online")
 rows=("${claims[@]}")
 [ "${ROWS:-all}" = claims ] || rows+=("${others[@]}")
@@ -49,11 +47,8 @@ echo "benchmark wall time: $(( $(date +%s) - began )) s" | tee -a "$out/wall_tim
 # The paper's claims, each its own paired contrast: (1) AFT vs RFT (same batches, L_A off);
 # (2) the unconstrained and detached alignment terms vs the boundary; (3) ranking vs binary.
 python tools/report.py "$out/runs" --out "$out" --control "$control" --start "$out/start/summary.json" \
-  --contrast objective=aft "objective=aft objective.alignment_weight=0" \
-  --contrast "objective=aft objective.constraint=none" "objective=aft objective.alignment_weight=0" \
-  --contrast "objective=aft objective.constraint=none" objective=aft \
-  --contrast "objective=aft objective.constraint=detach" objective=aft \
-  --contrast experiment=aft_ranking objective=aft
+  --contrast "$aft" "$rft" --contrast "$none" "$rft" --contrast "$none" "$aft" --contrast "$detach" "$aft" \
+  --contrast "$ranking" "$aft"
 [ "${HARD:-1}" = 0 ] && exit 0
 hard_task=${HARD_TASK:-data.digits=2 data.num_test=2000 data.num_val=500}
 began=$(date +%s)
@@ -64,9 +59,7 @@ if [ ! -f "$out/hard/start/summary.json" ]; then
   python tools/report.py "$out/hard/start" > /dev/null
 fi
 SEEDS=${SEEDS:-0 1 2 3 4} COMMON="$hard_task eval.before_train=false callbacks=default" \
-  bash tools/from_start.sh "$out/hard/start/model" "$out/hard/runs" "${claims[0]}" "${claims[1]}" "${claims[2]}" \
-  experiment=aft_ranking
+  bash tools/from_start.sh "$out/hard/start/model" "$out/hard/runs" "$control" "$rft" "$aft" "$ranking"
 echo "harder task wall time: $(( $(date +%s) - began )) s" | tee -a "$out/wall_time.txt"
 python tools/report.py "$out/hard/runs" --out "$out/hard" --control "$control" --start "$out/hard/start/summary.json" \
-  --contrast objective=aft "objective=aft objective.alignment_weight=0" \
-  --contrast experiment=aft_ranking objective=aft
+  --contrast "$aft" "$rft" --contrast "$ranking" "$aft"

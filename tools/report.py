@@ -184,7 +184,9 @@ def plot_gains(groups: dict[str, list[Run]], control: str, path: Path, metric: s
     base = by_seed(groups[control], metric)
     rows = []
     for label, runs in groups.items():
-        gains = [value - base[s] for s, value in by_seed(runs, metric).items() if label != control and s in base]
+        if label == control:
+            continue
+        gains = [value - base[s] for s, value in by_seed(runs, metric).items() if s in base]
         if gains:
             rows.append((label, gains, interval(gains)))
     fig, ax = plt.subplots(figsize=(7.5, max(3.0, 0.45 * len(rows) + 1.2)))

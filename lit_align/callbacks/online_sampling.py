@@ -54,7 +54,9 @@ class OnlineSampling(L.Callback):
             other columns (``answer``…) are passed as keyword lists.
         num_samples: completions per prompt (k).
         num_prompts: prompts per refresh; ``None`` takes the whole prompt set.
-        every_n_epochs: re-sample after this many passes over the buffer; ``None`` samples once.
+        every_n_epochs: re-sample after this many passes over the buffer; ``None`` samples once
+            (and warns when the step budget passes over that one buffer more than 10 times,
+            `lit_align.rollout.draw.passes_warning`).
         generation_batch_size: prompts per ``generate`` call.
         max_new_tokens, temperature, top_p, top_k: sampling settings.
         threshold: the reward at which a sample counts as correct (positive).

@@ -1,6 +1,7 @@
-"""Drawing a rollout for `OnlineSampling`: what it refuses, one shard of prompts sampled from
-the policy and scored (once per refresh, and once per top-up round of dynamic sampling), and the
-sample table a refresh writes. Nothing here holds state.
+"""Drawing a rollout for `OnlineSampling`: what it refuses, when a single round's buffer is worth
+a warning, one shard of prompts sampled from the policy and scored (once per refresh, and once
+per top-up round of dynamic sampling), and the sample table a refresh writes. Nothing here holds
+state.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from lit_align.strategy import FSDP2Strategy
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("optimizer.lr", lambda v: v > 0, "> 0"),
     ("sft_steps", lambda v: v >= 1, ">= 1"),
-    ("trainer.max_steps", lambda v: v == -1 or v >= 1, ">= 1 (or -1 to train by epochs)"),
+    ("trainer.max_steps", lambda v: v >= -1, ">= 1, 0 to evaluate only, or -1 to train by epochs"),
     ("grad_clip", lambda v: v is None or v >= 0, ">= 0 or null"),
     ("max_bad_steps", lambda v: v >= 1, ">= 1"),
     ("eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
@@ -91,6 +91,9 @@ def _check_combinations(cfg: DictConfig) -> None:
     batch_format = getattr(getattr(objective, "row_format", None), "name", None)
     scores = getattr(objective, "inputs", None) == "scores"  # a reward model: a score head, no generation
     rollout, online = cfg.get("rollout"), is_online(cfg)
+    if OmegaConf.select(cfg, "trainer.max_steps", default=None) == 0 and cfg.get("ckpt_path"):
+        raise ConfigError("trainer.max_steps=0 evaluates the model as loaded, not a checkpoint: "
+                          "drop ckpt_path, or load its run's exported model with model=hf")  # fmt: skip
     if online:  # what `OnlineSampling.setup` refuses, here before the SFT stage
         check_sampling(name, batch_format, bool((cfg.get("objective") or {}).get("precompute_ref")),
                        rollout.get("every_n_epochs"), rollout.get("temperature", 1.0), rollout.get("top_p", 1.0),

@@ -152,6 +152,8 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
     summary = {
         "objective": type(objective).__name__.lower(), "seed": cfg.seed, "init": init, "start": run_record.start,
     }  # fmt: skip
+    if cfg.trainer.get("max_steps") == 0:  # evaluation only: the model as loaded, tested (and exported)
+        return _finish(summary, module, tokenizer, trainer, datamodule, out_dir, started, kept="nothing was trained")
     try:
         # weights_only: a checkpoint is tensors, numbers and strings; loading one runs no code.
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -169,8 +171,14 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
         # The final step, when max_steps is not a multiple of every_n_train_steps: a finished
         # run's checkpoint is its end, and resuming it does nothing.
         trainer.save_checkpoint(Path(checkpointer.dirpath) / "last.ckpt", weights_only=False)
-    final = _floats(trainer.callback_metrics)
     kept = f"training finished and {checkpoint_dir / 'last.ckpt'} holds its end: ckpt_path=last evaluates, exports it"
+    return _finish(summary, module, tokenizer, trainer, datamodule, out_dir, started, kept)
+
+
+def _finish(summary: dict[str, Any], module: AlignModule, tokenizer: Any, trainer: L.Trainer, datamodule: Any,
+            out_dir: Path, started: float, kept: str) -> dict[str, Any]:  # fmt: skip
+    """The final validation (unless the last step was validated) and test; the summary and model."""
+    final = _floats(trainer.callback_metrics)
     with stop_on_signal("the final evaluation", kept):
         if module.validated_at_step != trainer.global_step:  # evaluate the weights we export
             final |= _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])

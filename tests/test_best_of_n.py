@@ -25,6 +25,26 @@ def test_best_of_n_in_a_short_cli_run(tmp_path):
         assert 0.0 <= final[key] <= final["eval/pass@4"] <= 1.0
 
 
+def test_max_steps_0_evaluates_an_exported_model_without_training(tmp_path):
+    """Best-of-N at the end of a run that did not measure it: its exported model, evaluated only.
+    Nothing trains, so the greedy test accuracy is the trained run's, the model is exported
+    unchanged and no checkpoint is written."""
+    trained = train(make_cfg(tmp_path / "run", "trainer.max_steps=8", "eval.before_train=false"))
+    model = tmp_path / "run" / "model"
+    summary = train(make_cfg(tmp_path / "eval", "trainer.max_steps=0", "eval.before_train=false", "model=hf",
+                             f"model.name_or_path={model}", "callbacks=best_of_n",
+                             "callbacks.best_of_n.num_samples=4"))  # fmt: skip
+    assert summary["steps"] == 0
+    assert summary["final"]["test/accuracy"] == trained["final"]["test/accuracy"]
+    assert summary["final"]["val/accuracy"] == trained["final"]["val/accuracy"]
+    assert summary["final"]["eval/greedy_accuracy"] == trained["final"]["test/accuracy"]
+    assert {"eval/pass@4", "eval/maj@4", "eval/bon@4"} <= set(summary["final"])
+    assert "train/loss" not in summary["final"]
+    assert not (tmp_path / "eval" / "checkpoints" / "last.ckpt").exists()
+    exported = (tmp_path / "eval" / "model" / "model.safetensors").read_bytes()
+    assert exported == (model / "model.safetensors").read_bytes()
+
+
 def test_reward_scorer_picks_the_best_rewarded_sample(tokenizer):
     """Two prompts × 3 samples with fixed completions: the scorer ranks prompt 0's correct sample
     first and prompt 1's wrong one first, so bon@3 is 1 of 2; pass@3 is 2 (each has a correct

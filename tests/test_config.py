@@ -54,7 +54,8 @@ def test_every_option_composes_and_binds(tmp_path, group, option):
         ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
         ("data.micro_batch_size=0", "data.micro_batch_size must be >= 1 or null"),
         ("data.max_length=100", "data.max_length=100 must exceed data.max_prompt_length=192"),
-        ("trainer.max_steps=0", "trainer.max_steps must be >= 1"),
+        ("trainer.max_steps=-2", "trainer.max_steps must be >= 1, 0 to evaluate only, or -1 to train by epochs"),
+        ("trainer.max_steps=0 ckpt_path=last", "trainer.max_steps=0 evaluates the model as loaded, not a checkpoint"),
         ("eval.max_new_tokens=0", "eval.max_new_tokens must be >= 1"),
         ("optimizer.lr=fast", "optimizer.lr must be a float, got 'fast'"),  # the type before the range
         ("max_bad_steps=0", "max_bad_steps must be >= 1, got 0"),
@@ -62,7 +63,7 @@ def test_every_option_composes_and_binds(tmp_path, group, option):
 )
 def test_invalid_values_name_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        validate(make_cfg(tmp_path, override))
+        validate(make_cfg(tmp_path, *override.split()))
 
 
 def test_incompatible_combinations_are_refused_in_one_line(tmp_path):

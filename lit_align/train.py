@@ -138,7 +138,8 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_each(cfg.get("logger")), callbacks=callbacks)
     for logger in trainer.loggers:  # the whole resolved config: W&B's run config, the CSV's hparams.yaml
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if objective.precompute_ref:
+    evaluate_only = cfg.trainer.get("max_steps") == 0  # the model as loaded: validated, tested, exported
+    if objective.precompute_ref and not evaluate_only:
         # The starting policy is the reference: score every pair once, on the device it will
         # train on, and keep no second model.
         datamodule.setup("fit")
@@ -152,7 +153,7 @@ def _train(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
     summary = {
         "objective": type(objective).__name__.lower(), "seed": cfg.seed, "init": init, "start": run_record.start,
     }  # fmt: skip
-    if cfg.trainer.get("max_steps") == 0:  # evaluation only: the model as loaded, tested (and exported)
+    if evaluate_only:
         return _finish(summary, module, tokenizer, trainer, datamodule, out_dir, started, kept="nothing was trained")
     try:
         # weights_only: a checkpoint is tensors, numbers and strings; loading one runs no code.

@@ -5,6 +5,7 @@ import pytest
 from lit_align.callbacks.best_of_n import BestOfN, majority
 from lit_align.data.answers import exact_match
 from lit_align.data.collate import pad
+from lit_align.data.datamodule import AlignDataModule
 from lit_align.train import train
 from tests.conftest import make_cfg
 
@@ -43,6 +44,17 @@ def test_max_steps_0_evaluates_an_exported_model_without_training(tmp_path):
     assert not (tmp_path / "eval" / "checkpoints" / "last.ckpt").exists()
     exported = (tmp_path / "eval" / "model" / "model.safetensors").read_bytes()
     assert exported == (model / "model.safetensors").read_bytes()
+
+
+def test_max_steps_0_scores_no_training_pairs(tmp_path, monkeypatch):
+    """An evaluation-only run trains on nothing, so a precomputed reference scores no pairs."""
+
+    def refuse(self, score):
+        raise AssertionError("evaluation only: no training pair needs a reference score")
+
+    monkeypatch.setattr(AlignDataModule, "add_reference_logps", refuse)
+    summary = train(make_cfg(tmp_path, "objective=dpo", "objective.precompute_ref=true", "trainer.max_steps=0"))
+    assert summary["steps"] == 0
 
 
 def test_reward_scorer_picks_the_best_rewarded_sample(tokenizer):

@@ -5,6 +5,7 @@ import pytest
 
 from lit_align.data.answers import exact_match
 from lit_align.data.arith import ArithDataModule, arith_splits, inject_errors, make_problem
+from lit_align.data.generated import first_step_pair
 
 
 def _check_solution(row: dict[str, str]) -> None:
@@ -95,6 +96,41 @@ def test_datamodule_builds_each_format(tokenizer, batch_format):
         assert raw["chosen"] != raw["rejected"] and raw["chosen"].split("\n")[0] != "#"
     prompts = next(iter(dm.val_dataloader()))
     assert prompts["prompt_ids"].shape[0] == 4 and len(prompts["answer"]) == 4
+
+
+def test_first_step_pair_cuts_at_the_first_wrong_step():
+    chosen, rejected = "2+3=5\n5+4=9\n9-1=8\n#### 8", "2+3=5\n5+4=10\n10-1=9\n#### 9"
+    pair = first_step_pair("Q\n", chosen, rejected)
+    assert pair == {"prompt": "Q\n2+3=5\n", "chosen": "5+4=9\n", "rejected": "5+4=10\n", "partial": True}
+    whole = first_step_pair("Q\n", "#### 8", "#### 9")  # the step ends both chains: eos stays
+    assert whole == {"prompt": "Q\n", "chosen": "#### 8", "rejected": "#### 9", "partial": False}
+    with pytest.raises(ValueError, match="differs"):
+        first_step_pair("Q\n", chosen, chosen)
+
+
+@pytest.mark.parametrize("batch_format", ["pairs", "unpaired"])
+def test_step_pairs_hold_the_first_wrong_step_without_eos(tokenizer, batch_format):
+    """pair_unit=step: every row is one step after the correct steps before it, and no eos ends it
+    (the answer goes on); the held-out prompts are the questions as with whole chains."""
+    kw = dict(num_train=40, num_val=4, num_test=4, batch_size=8)
+    whole = ArithDataModule(tokenizer, batch_format=batch_format, **kw)
+    step = ArithDataModule(tokenizer, batch_format=batch_format, pair_unit="step", **kw)
+    for a, b in zip(whole.build_splits()["train"], step.build_splits()["train"], strict=True):
+        full = a.get("chosen", a.get("completion"))
+        part = b.get("chosen", b.get("completion"))
+        assert b["prompt"].startswith(a["prompt"]) and b["partial"]
+        assert full.startswith(b["prompt"][len(a["prompt"]) :] + part)  # the correct prefix, then the step
+        assert part.count("\n") == 1 and part.endswith("\n")
+    step.setup()
+    key = "chosen_ids" if batch_format == "pairs" else "input_ids"
+    row = step.train_dataloader().dataset[0]
+    ids = row[key]
+    assert tokenizer.eos_token_id not in ids
+    assert tokenizer.decode(ids[row["prompt_len"] :]).count("\n") == 1
+    whole.setup()
+    assert tokenizer.eos_token_id in whole.train_dataloader().dataset[0][key]
+    with pytest.raises(ValueError, match="pair_unit"):
+        ArithDataModule(tokenizer, pair_unit="token")
 
 
 def test_group_size_must_allow_a_negative(tokenizer):

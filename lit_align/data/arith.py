@@ -166,6 +166,9 @@ class ArithDataModule(GeneratedTaskDataModule):
         operations: the operations drawn from, any of ``+-*``.
         group_size: chains per question in the ``groups`` format (>= 2).
         prompt_template: how a question becomes a prompt; ``{question}`` is replaced.
+        pair_unit: what a preference pair (and KTO's unpaired rows) holds: ``chain``, the whole
+            correct and corrupted chains; ``step``, the first wrong step and the correct one in
+            its place, after the steps they share (Step-DPO's pairs, `first_step_pair`).
         **loader: batch and length settings of `AlignDataModule`.
     """
 
@@ -181,9 +184,10 @@ class ArithDataModule(GeneratedTaskDataModule):
         operations: str = "+-",
         group_size: int = 4,
         prompt_template: str = "{question}\n",
+        pair_unit: str = "chain",
         **loader: Any,
     ) -> None:
-        super().__init__(tokenizer, seed, group_size, prompt_template, **loader)
+        super().__init__(tokenizer, seed, group_size, prompt_template, pair_unit, **loader)
         self.task = dict(
             seed=seed, num_train=num_train, num_val=num_val, num_test=num_test,
             digits=digits, steps=steps, operations=operations,

@@ -20,17 +20,19 @@ def encode_prompt_response(
     response: str,
     max_prompt_length: int,
     max_length: int,
+    eos: bool = True,
 ) -> dict[str, Any]:
     """``{"input_ids", "prompt_len", "prompt_truncated", "response_truncated"}`` for one row.
 
-    The prompt gets the tokenizer's bos token (if it has one) and the response its eos token.
+    The prompt gets the tokenizer's bos token (if it has one) and the response its eos token
+    (none with ``eos=False``: a response that is one step of a longer answer).
     Truncation policy: a prompt over ``max_prompt_length`` keeps its *last* tokens (the question
     and the cue to answer sit at the end; the bos token is kept); a response that does not fit
     in ``max_length`` is cut at the end, losing its eos token. Both are flagged so they can be
     counted.
     """
     prompt_ids, prompt_truncated = encode_prompt(tokenizer, prompt, max_prompt_length)
-    response_ids = encode_response(tokenizer, response)
+    response_ids = encode_response(tokenizer, response, eos)
     room = max_length - len(prompt_ids)
     return {
         "input_ids": prompt_ids + response_ids[:room],
@@ -40,9 +42,9 @@ def encode_prompt_response(
     }
 
 
-def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
-    """A response's ids with the eos token that ends it."""
-    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def encode_response(tokenizer: PreTrainedTokenizerBase, response: str, eos: bool = True) -> list[int]:
+    """A response's ids with the eos token that ends it (``eos=False``: without)."""
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_prompt_length: int) -> tuple[list[int], bool]:
@@ -67,11 +69,17 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> 
 
 
 def encode_pair(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, chosen: str, rejected: str, max_prompt_length: int, max_length: int
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    chosen: str,
+    rejected: str,
+    max_prompt_length: int,
+    max_length: int,
+    eos: bool = True,
 ) -> dict[str, Any]:
     """A preference row as two encoded sequences sharing one prompt encoding."""
-    c = encode_prompt_response(tokenizer, prompt, chosen, max_prompt_length, max_length)
-    r = encode_prompt_response(tokenizer, prompt, rejected, max_prompt_length, max_length)
+    c = encode_prompt_response(tokenizer, prompt, chosen, max_prompt_length, max_length, eos)
+    r = encode_prompt_response(tokenizer, prompt, rejected, max_prompt_length, max_length, eos)
     return {
         "chosen_ids": c["input_ids"], "rejected_ids": r["input_ids"], "prompt_len": c["prompt_len"],
         "prompt_truncated": c["prompt_truncated"],

@@ -55,12 +55,14 @@ class SFTFormat(RowFormat):
 
 
 class PairFormat(RowFormat):
-    """``prompt``, ``chosen``, ``rejected`` → one prompt with two responses, chosen first."""
+    """``prompt``, ``chosen``, ``rejected`` → one prompt with two responses, chosen first. A row
+    with ``partial`` true holds one step of a longer answer in each: no eos ends them."""
 
     name = "pairs"
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, row: Row, max_prompt_length: int, max_length: int) -> Row:
-        return encode_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], max_prompt_length, max_length)
+        eos = not row.get("partial", False)  # a step of a longer answer (the data's pair_unit=step)
+        return encode_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], max_prompt_length, max_length, eos)
 
     def from_samples(
         self, prompt: list[int], scored: Sequence[Scored], references: Sequence[Sequence[int]], threshold: float,

@@ -23,9 +23,10 @@ class GeneratedTaskDataModule(AlignDataModule):
 
     - ``sft``: prompt → ``demonstration(rng, row)`` (the solution unless a subclass makes the
       demonstrations imperfect);
-    - ``pairs``: the solution is chosen, one wrong response rejected;
+    - ``pairs``: the solution is chosen, one wrong response rejected; with ``pair_unit="step"``
+      the pair is cut to its first wrong step (`first_step_pair`);
     - ``unpaired``: the pair's two responses as two rows, the solution desirable, the wrong
-      one not;
+      one not (with ``pair_unit="step"``, the two steps);
     - ``groups``: the solution (rank 0) and ``group_size - 1`` wrong responses;
     - ``rollout``: prompts only (online sampling brings the rows);
     - held-out rows: prompt and ``answer``, or training rows when ``eval_by_generation`` is off.
@@ -34,11 +35,16 @@ class GeneratedTaskDataModule(AlignDataModule):
     prompt_field = "question"
     use_chat_template = False  # render prompts as a user turn of the tokenizer's chat template
 
-    def __init__(self, tokenizer: Any, seed: int, group_size: int, prompt_template: str, **loader: Any) -> None:
+    def __init__(
+        self, tokenizer: Any, seed: int, group_size: int, prompt_template: str, pair_unit: str = "chain", **loader: Any
+    ) -> None:
         super().__init__(tokenizer, **loader)
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 (a correct response and a wrong one), got {group_size}")
+        if pair_unit not in ("chain", "step"):
+            raise ValueError(f"pair_unit must be 'chain' or 'step', got {pair_unit!r}")
         self.seed, self.group_size, self.prompt_template = seed, group_size, prompt_template
+        self.pair_unit = pair_unit
         self._problems: DatasetDict | None = None
 
     def generate(self) -> DatasetDict:
@@ -80,7 +86,10 @@ class GeneratedTaskDataModule(AlignDataModule):
             if self.batch_format == "rollout":
                 return {"prompt": prompt}
             if self.batch_format in ("pairs", "unpaired"):  # unpaired: made two rows by `unpair`
-                return {"prompt": prompt, "chosen": solution, "rejected": self.wrong_responses(rng, row, 1)[0][0]}
+                rejected = self.wrong_responses(rng, row, 1)[0][0]
+                if self.pair_unit == "step":
+                    return first_step_pair(prompt, solution, rejected)
+                return {"prompt": prompt, "chosen": solution, "rejected": rejected}
             responses = [{"text": solution, "correct": True, "rank": 0, "reference": False}]
             responses += [{"text": text, "correct": False, "rank": rank, "reference": False}
                           for text, rank in self.wrong_responses(rng, row, self.group_size - 1)]  # fmt: skip
@@ -101,3 +110,27 @@ class GeneratedTaskDataModule(AlignDataModule):
             validation=rows([held_out_row(r) for r in splits["validation"]]),
             test=rows([held_out_row(r) for r in splits["test"]]),
         )
+
+
+def first_step_pair(prompt: str, chosen: str, rejected: str) -> dict[str, Any]:
+    """A pair of line-per-step chains cut to its first wrong step, as Step-DPO builds its pairs
+    (Lai et al. 2024, arXiv 2406.18629, Sec. 3): the steps both chains share join the prompt,
+    and chosen and rejected are the first step where they differ, each with its line break
+    (``partial``: no eos follows, the answer goes on; when the step ends both chains, the pair
+    is whole and keeps its eos).
+
+    Why: a wrong chain's later steps compute correctly from the wrong value (`inject_errors`),
+    so a whole-chain pair pushes down correct arithmetic after the error; and an objective that
+    scores each response alone (KTO) pushes down the correct steps the two chains share.
+    """
+    good, bad = chosen.split("\n"), rejected.split("\n")
+    k = next((i for i, (g, b) in enumerate(zip(good, bad, strict=False)) if g != b), None)
+    if k is None:
+        raise ValueError(f"no step of one chain differs from the other's: {chosen!r} / {rejected!r}")
+    shared = "".join(line + "\n" for line in good[:k])
+
+    def step(lines: list[str]) -> str:  # with the break that ends it, unless it ends the chain
+        return lines[k] + ("\n" if k + 1 < len(lines) else "")
+
+    last = k + 1 == len(good) and k + 1 == len(bad)
+    return {"prompt": prompt + shared, "chosen": step(good), "rejected": step(bad), "partial": not last}

@@ -30,7 +30,9 @@ class UnpairedFormat(RowFormat):
     name = "unpaired"
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, row: Row, max_prompt_length: int, max_length: int) -> Row:
-        encoded = encode_prompt_response(tokenizer, row["prompt"], row["completion"], max_prompt_length, max_length)
+        eos = not row.get("partial", False)  # one step of a longer answer, as in `PairFormat`
+        prompt, completion = row["prompt"], row["completion"]
+        encoded = encode_prompt_response(tokenizer, prompt, completion, max_prompt_length, max_length, eos)
         return {**encoded, "label": bool(row["label"])}
 
     def from_samples(

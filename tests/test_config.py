@@ -170,8 +170,8 @@ def test_every_objective_but_sft_starts_from_the_sft_model(tmp_path, objective):
 
 @pytest.mark.parametrize("objective", ["dpo", "kto", "simpo", "orpo"])
 def test_offline_preference_objectives_share_one_budget_at_a_smaller_rate_than_sft(tmp_path, objective):
-    """pipeline/preference.yaml: 150 steps of 16 rows at lr 1e-4 (the RL pipelines' rate; post_sft's
-    5e-4 left DPO, KTO and SimPO tied with their start on the built-in task, README)."""
+    """pipeline/preference.yaml: 150 steps of 16 rows at lr 1e-4 (the RL pipelines' rate; at post_sft's
+    5e-4 KTO tied its start on the built-in task, README)."""
     cfg = make_cfg(tmp_path, f"objective={objective}", fast=False)
     assert (cfg.optimizer.lr, cfg.trainer.max_steps, cfg.data.batch_size) == (1e-4, 150, 16)
     assert cfg.objective.get("sft_weight", 0.0) == (0.0 if objective == "orpo" else 1.0)

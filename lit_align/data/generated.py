@@ -117,7 +117,8 @@ def first_step_pair(prompt: str, chosen: str, rejected: str) -> dict[str, Any]:
     (Lai et al. 2024, arXiv 2406.18629, Sec. 3): the steps both chains share join the prompt,
     and chosen and rejected are the first step where they differ, each with its line break
     (``partial``: no eos follows, the answer goes on; when the step ends both chains, the pair
-    is whole and keeps its eos).
+    is whole and keeps its eos). ``partial`` is the row's, so a step that ends only one of the
+    chains loses its eos too; the built-in task's chains have equally many lines.
 
     Why: a wrong chain's later steps compute correctly from the wrong value (`inject_errors`),
     so a whole-chain pair pushes down correct arithmetic after the error; and an objective that
